@@ -1,0 +1,111 @@
+//! SQE builders for receives that select their buffer from a pool: each sets
+//! IOSQE_BUFFER_SELECT and the pool's bgid, so the kernel picks a buffer only when data comes.
+
+use std::os::fd::RawFd;
+
+use io_uring::{opcode, squeue, types};
+
+use crate::pool::Pool;
+
+/// The file a request reads from: a plain fd or a registered (fixed) file index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A file descriptor.
+    Fd(RawFd),
+    /// An index in the io_uring's registered file table.
+    Fixed(u32),
+}
+
+impl From<RawFd> for Target {
+    fn from(fd: RawFd) -> Self {
+        Target::Fd(fd)
+    }
+}
+
+impl From<types::Fd> for Target {
+    fn from(fd: types::Fd) -> Self {
+        Target::Fd(fd.0)
+    }
+}
+
+impl From<types::Fixed> for Target {
+    fn from(fd: types::Fixed) -> Self {
+        Target::Fixed(fd.0)
+    }
+}
+
+/// Builds an opcode for either kind of target (the io-uring crate's fd trait is sealed).
+macro_rules! with_target {
+    ($target:expr, |$fd:ident| $build:expr) => {
+        match $target {
+            Target::Fd(raw) => {
+                let $fd = types::Fd(raw);
+                $build
+            }
+            Target::Fixed(idx) => {
+                let $fd = types::Fixed(idx);
+                $build
+            }
+        }
+    };
+}
+
+impl Pool {
+    /// A single receive (IORING_OP_RECV) into one buffer of the pool. On incremental pools the
+    /// kernel takes what is left of the current buffer.
+    pub fn recv(&self, fd: impl Into<Target>) -> squeue::Entry {
+        let bgid = self.bgid();
+        with_target!(fd.into(), |fd| opcode::Recv::new(
+            fd,
+            std::ptr::null_mut(),
+            0
+        )
+        .buf_group(bgid)
+        .build()
+        .flags(squeue::Flags::BUFFER_SELECT))
+    }
+
+    /// A multishot receive: one CQE per arrival, each in a buffer of the pool, until an error,
+    /// end of stream, or [`Completion::NoBuffers`](crate::Completion::NoBuffers).
+    pub fn recv_multishot(&self, fd: impl Into<Target>) -> squeue::Entry {
+        let bgid = self.bgid();
+        with_target!(fd.into(), |fd| opcode::RecvMulti::new(fd, bgid).build())
+    }
+
+    /// A read of at most `len` bytes at file `offset` (`u64::MAX`: the current file position)
+    /// into a buffer of the pool. `len` 0, or more than a buffer, means a whole buffer.
+    ///
+    /// An explicit `len` matters for regular files on incremental pools: the kernel commits
+    /// the selected length when it selects, not the bytes read.
+    pub fn read(&self, fd: impl Into<Target>, len: u32, offset: u64) -> squeue::Entry {
+        let bgid = self.bgid();
+        let len = self.clamp_len(len);
+        with_target!(fd.into(), |fd| opcode::Read::new(
+            fd,
+            std::ptr::null_mut(),
+            len
+        )
+        .offset(offset)
+        .buf_group(bgid)
+        .build()
+        .flags(squeue::Flags::BUFFER_SELECT))
+    }
+
+    /// A multishot read (IORING_OP_READ_MULTISHOT, Linux 6.7) of pollable files such as pipes:
+    /// one CQE per arrival of at most `len` bytes (0: a whole buffer).
+    pub fn read_multishot(&self, fd: impl Into<Target>, len: u32, offset: u64) -> squeue::Entry {
+        let bgid = self.bgid();
+        let len = self.clamp_len(len);
+        with_target!(fd.into(), |fd| opcode::ReadMulti::new(fd, len, bgid)
+            .offset(offset)
+            .build())
+    }
+
+    fn clamp_len(&self, len: u32) -> u32 {
+        if len == 0 || len > self.buf_len() {
+            self.buf_len()
+        } else {
+            len
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The shared buffer ring: its memory (ours or the kernel's), registration, the tail we
+//! publish and the head the kernel keeps. The counterpart of liburing's `io_uring_buf_ring_*`
+//! helpers, with the same arithmetic in plain sight.
+
+use std::fmt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use io_uring::cqueue;
+
+use crate::error::{Error, Feature, Result};
+use crate::mem::{page_size, Mmap};
+use crate::sys::{self, IoUringBuf, IoUringBufReg};
+
+/// How to register a [`BufRing`]; made by [`BufRing::builder`].
+#[derive(Debug, Clone, Copy)]
+pub struct BufRingBuilder {
+    bgid: u16,
+    entries: u32,
+    incremental: bool,
+    kernel_allocated: bool,
+    min_left: u32,
+}
+
+impl BufRingBuilder {
+    /// Incremental consumption (IOU_PBUF_RING_INC, Linux 6.12): the kernel fills a buffer a
+    /// piece at a time and says F_BUF_MORE while it keeps the buffer.
+    pub fn incremental(mut self, on: bool) -> Self {
+        self.incremental = on;
+        self
+    }
+
+    /// Let the kernel allocate the ring (IOU_PBUF_RING_MMAP, Linux 6.4); it is then mapped
+    /// from the io_uring fd. The default is page-aligned anonymous memory of ours.
+    pub fn kernel_allocated(mut self, on: bool) -> Self {
+        self.kernel_allocated = on;
+        self
+    }
+
+    /// With incremental consumption: retire a buffer once fewer than `min_left` bytes remain
+    /// in it. 0 (the default) leaves the field out of the registration.
+    pub fn min_left(mut self, min_left: u32) -> Self {
+        self.min_left = min_left;
+        self
+    }
+
+    /// Checks the configuration without touching the kernel.
+    pub fn validate(&self) -> Result<()> {
+        if self.entries == 0 || !self.entries.is_power_of_two() {
+            return Err(Error::config(
+                "ring_entries",
+                format!("{} is not a power of two", self.entries),
+            ));
+        }
+        if self.entries > sys::MAX_RING_ENTRIES {
+            return Err(Error::config(
+                "ring_entries",
+                format!("{} is more than 32768", self.entries),
+            ));
+        }
+        if self.min_left != 0 && !self.incremental {
+            return Err(Error::config(
+                "min_left",
+                "only meaningful with incremental consumption",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Allocates (or maps) the ring and registers it on the io_uring behind `ring`.
+    ///
+    /// The ring keeps its own duplicate of the io_uring fd, so it unregisters from the right
+    /// io_uring on drop even if the caller's `IoUring` is gone by then.
+    pub fn register(self, ring: &impl AsRawFd) -> Result<BufRing> {
+        self.validate()?;
+        let fd = dup_fd(ring.as_raw_fd())?;
+        let len = (self.entries as usize * std::mem::size_of::<IoUringBuf>())
+            .next_multiple_of(page_size());
+        let mut flags = 0;
+        if self.incremental {
+            flags |= sys::IOU_PBUF_RING_INC;
+        }
+        let mem = if self.kernel_allocated {
+            flags |= sys::IOU_PBUF_RING_MMAP;
+            None
+        } else {
+            Some(Mmap::anonymous(len, crate::mem::HugePages::Off)?)
+        };
+        let reg = IoUringBufReg {
+            ring_addr: mem.as_ref().map_or(0, |m| m.as_ptr() as u64),
+            ring_entries: self.entries,
+            bgid: self.bgid,
+            flags,
+            min_left: self.min_left,
+            resv: [0; 5],
+        };
+        if let Err(e) = sys::register_pbuf_ring(fd.as_raw_fd(), &reg) {
+            return Err(self.registration_error(e));
+        }
+        let mem = match mem {
+            Some(m) => m,
+            None => {
+                let off = sys::IORING_OFF_PBUF_RING
+                    | (u64::from(self.bgid) << sys::IORING_OFF_PBUF_SHIFT);
+                match Mmap::ring_fd(fd.as_raw_fd(), len, off) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let _ = sys::unregister_pbuf_ring(fd.as_raw_fd(), self.bgid);
+                        return Err(Error::kernel(
+                            format!("mmap of kernel-allocated ring (bgid {})", self.bgid),
+                            e,
+                        ));
+                    }
+                }
+            }
+        };
+        let ring = BufRing {
+            fd,
+            mem,
+            entries: self.entries,
+            mask: (self.entries - 1) as u16,
+            tail: 0,
+            bgid: self.bgid,
+            incremental: self.incremental,
+            kernel_allocated: self.kernel_allocated,
+            min_left: self.min_left,
+        };
+        // Our memory is fresh and the kernel zeroes its own, but say it once: tail = 0.
+        ring.tail_atomic().store(0, Ordering::Release);
+        Ok(ring)
+    }
+
+    /// Turns a failed registration into the most precise error we can give.
+    fn registration_error(&self, e: std::io::Error) -> Error {
+        if e.raw_os_error() == Some(libc::EINVAL) {
+            // EINVAL is the kernel's answer to flags it does not know; name the feature.
+            if self.min_left != 0 {
+                return Error::Unsupported {
+                    feature: Feature::MinLeft,
+                };
+            }
+            if self.incremental {
+                return Error::Unsupported {
+                    feature: Feature::Incremental,
+                };
+            }
+            if self.kernel_allocated {
+                return Error::Unsupported {
+                    feature: Feature::KernelAllocatedRing,
+                };
+            }
+        }
+        if matches!(
+            e.raw_os_error(),
+            Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
+        ) {
+            return Error::Unsupported {
+                feature: Feature::BufferRing,
+            };
+        }
+        Error::kernel(
+            format!(
+                "register buffer ring (bgid {}, {} entries)",
+                self.bgid, self.entries
+            ),
+            e,
+        )
+    }
+}
+
+fn dup_fd(fd: RawFd) -> Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on a caller-provided fd has no memory effects; a bad fd gives EBADF.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(Error::kernel(
+            "dup of the io_uring fd",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `new` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// A provided buffer ring registered on an io_uring: the memory shared with the kernel, and
+/// the tail only we write. Unregistered and unmapped on drop.
+///
+/// Entries are written with [`add`](Self::add) (unsafe: the kernel will write where an entry
+/// points) and become visible to the kernel with one [`advance`](Self::advance) per batch.
+pub struct BufRing {
+    fd: OwnedFd,
+    mem: Mmap,
+    entries: u32,
+    mask: u16,
+    /// Our tail: entries below it are published.
+    tail: u16,
+    bgid: u16,
+    incremental: bool,
+    kernel_allocated: bool,
+    min_left: u32,
+}
+
+impl fmt::Debug for BufRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BufRing")
+            .field("bgid", &self.bgid)
+            .field("entries", &self.entries)
+            .field("tail", &self.tail)
+            .field("incremental", &self.incremental)
+            .field("kernel_allocated", &self.kernel_allocated)
+            .finish()
+    }
+}
+
+impl BufRing {
+    /// Starts the registration of a ring of `entries` entries (a power of two, 1 to 32768)
+    /// for buffer group `bgid`.
+    pub fn builder(bgid: u16, entries: u32) -> BufRingBuilder {
+        BufRingBuilder {
+            bgid,
+            entries,
+            incremental: false,
+            kernel_allocated: false,
+            min_left: 0,
+        }
+    }
+
+    /// The buffer group id.
+    pub fn bgid(&self) -> u16 {
+        self.bgid
+    }
+
+    /// The number of entries.
+    pub fn entries(&self) -> u32 {
+        self.entries
+    }
+
+    /// `entries - 1`: the index of tail `t` is `t & mask` (liburing's `io_uring_buf_ring_mask`).
+    pub fn mask(&self) -> u16 {
+        self.mask
+    }
+
+    /// Whether the ring consumes buffers incrementally.
+    pub fn is_incremental(&self) -> bool {
+        self.incremental
+    }
+
+    /// Whether the kernel allocated the ring memory.
+    pub fn is_kernel_allocated(&self) -> bool {
+        self.kernel_allocated
+    }
+
+    /// The `min_left` the ring was registered with (0: none).
+    pub fn min_left(&self) -> u32 {
+        self.min_left
+    }
+
+    /// The tail as published to the kernel.
+    pub fn tail(&self) -> u16 {
+        self.tail
+    }
+
+    /// The io_uring fd the ring is registered on (our duplicate of it).
+    pub fn ring_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn bufs(&self) -> *mut IoUringBuf {
+        self.mem.as_ptr().cast()
+    }
+
+    fn tail_atomic(&self) -> &AtomicU16 {
+        // SAFETY: the tail is the u16 at byte 14 of the ring (bufs[0].resv); the mapping is
+        // page aligned so the u16 is aligned, lives as long as `self`, and is only ever
+        // accessed atomically by us and the kernel.
+        unsafe { &*self.mem.as_ptr().add(14).cast::<AtomicU16>() }
+    }
+
+    /// Writes entry `tail + offset` (not yet visible to the kernel): liburing's
+    /// `io_uring_buf_ring_add`. Field by field, so the tail in entry 0 is never clobbered.
+    ///
+    /// # Safety
+    /// `addr..addr+len` must be memory the kernel may write into until the buffer comes back in
+    /// a completion, and the entry must be one the kernel does not own: at most
+    /// `entries - available` entries may be pending.
+    pub unsafe fn add(&mut self, addr: u64, len: u32, bid: u16, offset: u16) {
+        let idx = (self.tail.wrapping_add(offset) & self.mask) as usize;
+        // SAFETY: idx < entries, so the entry is inside the mapping; the caller guarantees the
+        // kernel is not reading this slot.
+        unsafe {
+            let e = self.bufs().add(idx);
+            std::ptr::addr_of_mut!((*e).addr).write(addr);
+            std::ptr::addr_of_mut!((*e).len).write(len);
+            std::ptr::addr_of_mut!((*e).bid).write(bid);
+        }
+    }
+
+    /// Publishes `count` added entries with one release store of the tail: liburing's
+    /// `io_uring_buf_ring_advance`.
+    pub fn advance(&mut self, count: u16) {
+        self.tail = self.tail.wrapping_add(count);
+        self.tail_atomic().store(self.tail, Ordering::Release);
+    }
+
+    /// Publishes `count` entries and marks the CQEs consumed so far as seen, in one place:
+    /// liburing's `io_uring_buf_ring_cq_advance` for the io-uring crate's completion queue.
+    pub fn cq_advance<E: cqueue::EntryMarker>(
+        &mut self,
+        cq: &mut cqueue::CompletionQueue<'_, E>,
+        count: u16,
+    ) {
+        self.advance(count);
+        cq.sync();
+    }
+
+    /// The kernel's head, through IORING_REGISTER_PBUF_STATUS (Linux 6.8).
+    pub fn head(&self) -> Result<u16> {
+        sys::pbuf_status(self.fd.as_raw_fd(), self.bgid).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                Error::Unsupported {
+                    feature: Feature::PbufStatus,
+                }
+            } else {
+                Error::kernel(format!("PBUF_STATUS (bgid {})", self.bgid), e)
+            }
+        })
+    }
+
+    /// Entries published and not yet consumed by the kernel: `tail - head`. Racy by nature: the
+    /// kernel may consume more right after the call.
+    pub fn available(&self) -> Result<u16> {
+        Ok(self.tail.wrapping_sub(self.head()?))
+    }
+
+    /// Reads entry `index & mask` as it is now (the kernel rewrites addr and len of the head
+    /// entry on incremental rings). For diagnostics and tests.
+    pub fn entry(&self, index: u16) -> IoUringBuf {
+        let idx = (index & self.mask) as usize;
+        // SAFETY: idx < entries; a volatile read of plain integers the kernel may be writing
+        // gives some value of each field, never UB on these types.
+        unsafe { std::ptr::read_volatile(self.bufs().add(idx)) }
+    }
+
+    /// Unregisters the ring now and reports the kernel's answer (drop does the same silently).
+    pub fn unregister(self) -> Result<()> {
+        let r = sys::unregister_pbuf_ring(self.fd.as_raw_fd(), self.bgid)
+            .map_err(|e| Error::kernel(format!("unregister buffer ring (bgid {})", self.bgid), e));
+        // Skip the second unregister in Drop, but still unmap and close.
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used again; each field is moved out exactly once.
+        unsafe {
+            drop(std::ptr::read(&this.mem));
+            drop(std::ptr::read(&this.fd));
+        }
+        r
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // Unregister before the memory goes away, so the kernel never sees a dangling ring.
+        let _ = sys::unregister_pbuf_ring(self.fd.as_raw_fd(), self.bgid);
+    }
+}
