@@ -55,4 +55,4 @@ pub use mem::HugePages;
 pub use ops::Target;
 pub use pool::{Incremental, Pool, PoolBuilder, PoolStats};
 pub use probe::{kernel_release, Probe};
-pub use ring::{BufRing, BufRingBuilder};
+pub use ring::{BufRing, BufRingBuilder, MAX_MMAP_BGID};

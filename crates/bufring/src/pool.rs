@@ -192,6 +192,9 @@ pub struct PoolStats {
     pub buffers_retired: u64,
     /// Bytes of the buffers the kernel retired (`buffers_retired * buf_len`).
     pub bytes_retired: u64,
+    /// Bytes delivered in the buffers the kernel retired (the part of `bytes_retired` that
+    /// held data).
+    pub bytes_used_retired: u64,
     /// Completions that ended a request with -ENOBUFS.
     pub enobufs: u64,
     /// Completions rejected as inconsistent.
@@ -203,13 +206,13 @@ pub struct PoolStats {
 }
 
 impl PoolStats {
-    /// Bytes delivered per byte of buffer retired: how well buffer memory was used (1.0 when
-    /// every retired buffer was full; 0.0 before any retirement).
+    /// Data per byte of buffer retired: how well buffer memory was used (1.0 when every
+    /// retired buffer was full; 0.0 before any retirement).
     pub fn utilization(&self) -> f64 {
         if self.bytes_retired == 0 {
             0.0
         } else {
-            self.bytes_delivered as f64 / self.bytes_retired as f64
+            self.bytes_used_retired as f64 / self.bytes_retired as f64
         }
     }
 }
@@ -398,6 +401,7 @@ impl Pool {
             self.stats.peak_with_app = self.stats.peak_with_app.max(self.stats.with_app);
             self.stats.buffers_retired += 1;
             self.stats.bytes_retired += u64::from(self.shared.buf_len);
+            self.stats.bytes_used_retired += u64::from(offset + len);
         } else {
             self.cursor[i] = offset + len;
         }

@@ -28,7 +28,7 @@ pub struct Probe {
 }
 
 /// A bgid for scratch registrations on the probe's own io_uring.
-const PROBE_BGID: u16 = 0x7ff0;
+const PROBE_BGID: u16 = 0x7f0;
 
 impl Probe {
     /// Probes on a scratch io_uring of its own. Fails only if io_uring itself is unavailable
@@ -38,7 +38,7 @@ impl Probe {
         Ok(Self::run_on(&ring))
     }
 
-    /// Probes on the caller's io_uring, with scratch registrations on a bgid (0x7ff0) that is
+    /// Probes on the caller's io_uring, with scratch registrations on a bgid (0x7f0) that is
     /// unregistered again before returning.
     pub fn run_on(ring: &IoUring) -> Probe {
         let try_ring = |b: crate::ring::BufRingBuilder| b.register(ring).map(drop).is_ok();

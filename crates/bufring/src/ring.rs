@@ -58,6 +58,17 @@ impl BufRingBuilder {
                 format!("{} is more than 32768", self.entries),
             ));
         }
+        if self.kernel_allocated && self.bgid > MAX_MMAP_BGID {
+            // The mmap offset has 11 bits for the bgid (IORING_OFF_MMAP_MASK is 0xf8000000):
+            // the kernel registers such a ring but mmap of it fails with ENOMEM.
+            return Err(Error::config(
+                "bgid",
+                format!(
+                    "{} is above {MAX_MMAP_BGID}: a kernel-allocated ring cannot be mapped for it",
+                    self.bgid
+                ),
+            ));
+        }
         if self.min_left != 0 && !self.incremental {
             return Err(Error::config(
                 "min_left",
@@ -167,6 +178,9 @@ impl BufRingBuilder {
         )
     }
 }
+
+/// The largest bgid whose kernel-allocated ring can be mapped (11 bits of the mmap offset).
+pub const MAX_MMAP_BGID: u16 = 0x7ff;
 
 fn dup_fd(fd: RawFd) -> Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC on a caller-provided fd has no memory effects; a bad fd gives EBADF.
