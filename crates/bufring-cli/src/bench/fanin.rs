@@ -1,0 +1,534 @@
+//! `bench fanin`: many connections, each sending small messages now and then. One sender walks
+//! the connections in random order writing one message to each, so at any instant most
+//! connections are idle: per-connection buffers sit unused while a shared pool serves them all.
+//! The connections are made once and shared by every contender and round.
+//! Figures: messages/s, receive-buffer memory committed, peak RSS, utilization, ENOBUFS.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use bufring::{Completion, Incremental, Pool};
+use io_uring::{opcode, types, IoUring};
+
+use super::{interleave, size_name, sys, BenchResult, Common, Contender, Figure, Scenario};
+
+const KIB: usize = 1024;
+const MIB: f64 = 1024.0 * 1024.0;
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+const CANCELLED: u64 = u64::MAX;
+
+/// Options of `bench fanin`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Connections (default 10000, 2000 with --quick).
+    #[arg(long)]
+    conns: Option<usize>,
+    /// Message size in bytes (default 512).
+    #[arg(long, default_value_t = 512)]
+    msg_size: usize,
+    /// Messages per round (default 20 per connection).
+    #[arg(long)]
+    messages: Option<usize>,
+    /// Buffer memory of each pool contender (default 4M).
+    #[arg(long, value_parser = super::stream::parse_size)]
+    pool_mem: Option<usize>,
+}
+
+/// The per-connection buffer of `tokio` and `uring-fixed`, and the classic pool's buffer.
+const CONN_BUF: usize = 16 * KIB;
+/// The incremental pool's buffer.
+const INC_BUF: usize = 64 * KIB;
+
+#[derive(Clone, Copy)]
+enum Recv {
+    /// tokio TcpStream per connection, a 16 KiB buffer each (current-thread runtime).
+    Tokio,
+    /// io_uring recv per connection into its own 16 KiB buffer.
+    UringFixed,
+    /// bufring pool, multishot recv per connection, shared buffers of `buf_len`.
+    Pool { mode: Incremental, buf_len: usize },
+    // `pool-inc-bundle` and `pool-emulated` go here once bundles and Incremental::Emulated land.
+}
+
+impl Recv {
+    fn name(self) -> String {
+        match self {
+            Recv::Tokio => "tokio".into(),
+            Recv::UringFixed => "uring-fixed".into(),
+            Recv::Pool {
+                mode: Incremental::Off,
+                ..
+            } => "pool".into(),
+            Recv::Pool { .. } => "pool-inc".into(),
+        }
+    }
+}
+
+/// The connections, made once.
+struct Conns {
+    tx: Vec<TcpStream>,
+    rx: Vec<TcpStream>,
+}
+
+struct FaninContender {
+    recv: Recv,
+    conns: Arc<Conns>,
+    msg_size: usize,
+    messages: usize,
+    pool_mem: usize,
+    round: u64,
+}
+
+/// What a receiver reports besides the byte count.
+#[derive(Default)]
+struct RecvOut {
+    committed: usize,
+    utilization: Option<f64>,
+    enobufs: u64,
+}
+
+impl Contender for FaninContender {
+    fn name(&self) -> String {
+        self.recv.name()
+    }
+
+    fn run_once(&mut self) -> BenchResult<Vec<Figure>> {
+        self.round += 1;
+        let barrier = Arc::new(Barrier::new(2));
+        let conns = Arc::clone(&self.conns);
+        let (msg_size, messages, seed) = (self.msg_size, self.messages, self.round);
+        let sender = {
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || send(&conns.tx, msg_size, messages, seed, &barrier))
+        };
+        sys::pin(sys::receiver_cpu());
+        sys::reset_peak_rss();
+        let fds: Vec<RawFd> = self.conns.rx.iter().map(|s| s.as_raw_fd()).collect();
+        let want = (msg_size * messages) as u64;
+        let mut go = Clock::new(&barrier);
+        let r = match self.recv {
+            Recv::Tokio => tokio_receive(&fds, want, &mut go),
+            Recv::UringFixed => uring_fixed(&fds, want, &mut go),
+            Recv::Pool { mode, buf_len } => {
+                pool_receive(&fds, mode, buf_len, self.pool_mem, want, &mut go)
+            }
+        };
+        if !go.started {
+            barrier.wait();
+        }
+        let (secs, cpu) = go.elapsed();
+        let sent = sender.join().map_err(|_| "sender panicked")?;
+        let out = r?;
+        sent?;
+        let mut figs = vec![
+            Figure::up("msgs_per_s", "msg/s", messages as f64 / secs),
+            Figure::down("cpu_us_per_msg", "µs", cpu * 1e6 / messages as f64),
+            Figure::down("rx_mem_mib", "MiB", out.committed as f64 / MIB),
+            Figure::down(
+                "peak_rss_mib",
+                "MiB",
+                sys::peak_rss().map_or(f64::NAN, |b| b as f64 / MIB),
+            ),
+            Figure::up("utilization", "", out.utilization.unwrap_or(f64::NAN)),
+            Figure::down("enobufs", "events", out.enobufs as f64),
+        ];
+        if out.utilization.is_none() {
+            figs.retain(|f| f.name != "utilization");
+        }
+        Ok(figs)
+    }
+}
+
+/// The receiver's start line and finish: wall time and the receiving thread's CPU time.
+struct Clock<'a> {
+    barrier: &'a Barrier,
+    started: bool,
+    t0: Instant,
+    cpu0: f64,
+    t1: Option<(Instant, f64)>,
+}
+
+impl<'a> Clock<'a> {
+    fn new(barrier: &'a Barrier) -> Self {
+        Clock {
+            barrier,
+            started: false,
+            t0: Instant::now(),
+            cpu0: 0.0,
+            t1: None,
+        }
+    }
+
+    /// Set up: wait for the sender, start the clocks.
+    fn start(&mut self) {
+        self.started = true;
+        self.barrier.wait();
+        self.cpu0 = sys::thread_cpu_secs();
+        self.t0 = Instant::now();
+    }
+
+    /// Everything received (teardown is not measured).
+    fn stop(&mut self) {
+        self.t1 = Some((Instant::now(), sys::thread_cpu_secs()));
+    }
+
+    /// Wall seconds and CPU seconds between start and stop.
+    fn elapsed(&self) -> (f64, f64) {
+        let (t1, cpu1) = self
+            .t1
+            .unwrap_or_else(|| (Instant::now(), sys::thread_cpu_secs()));
+        (
+            t1.duration_since(self.t0).as_secs_f64().max(1e-9),
+            cpu1 - self.cpu0,
+        )
+    }
+}
+
+/// Random passes over the connections, one message each, until `messages` are written.
+fn send(
+    tx: &[TcpStream],
+    msg_size: usize,
+    messages: usize,
+    seed: u64,
+    barrier: &Barrier,
+) -> std::io::Result<()> {
+    sys::pin(sys::sender_cpu());
+    let msg = vec![0x5au8; msg_size];
+    let mut order: Vec<usize> = (0..tx.len()).collect();
+    let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move || {
+        // xorshift64
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    barrier.wait();
+    let mut left = messages;
+    while left > 0 {
+        for i in (1..order.len()).rev() {
+            let j = (next() % (i as u64 + 1)) as usize;
+            order.swap(i, j);
+        }
+        for &c in order.iter().take(left) {
+            (&tx[c]).write_all(&msg)?;
+        }
+        left = left.saturating_sub(order.len());
+    }
+    Ok(())
+}
+
+fn make_conns(n: usize) -> BenchResult<Conns> {
+    let need = (2 * n + 256) as u64;
+    let got = sys::raise_nofile(need);
+    if got < need {
+        return Err(format!(
+            "{n} connections need {need} descriptors; RLIMIT_NOFILE allows {got} (use --conns)"
+        )
+        .into());
+    }
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    // SAFETY: listen() on our own socket to raise the backlog; no memory involved.
+    unsafe { libc::listen(listener.as_raw_fd(), 4096) };
+    let addr = listener.local_addr()?;
+    let mut tx = Vec::with_capacity(n);
+    let mut rx = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = TcpStream::connect(addr)?;
+        t.set_nodelay(true)?;
+        t.set_write_timeout(Some(RUN_TIMEOUT))?;
+        let (r, _) = listener.accept()?;
+        tx.push(t);
+        rx.push(r);
+    }
+    Ok(Conns { tx, rx })
+}
+
+fn tokio_receive(fds: &[RawFd], want: u64, go: &mut Clock) -> BenchResult<RecvOut> {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use tokio::io::AsyncReadExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    let got = Rc::new(Cell::new(0u64));
+    let done = Rc::new(tokio::sync::Notify::new());
+    let local = tokio::task::LocalSet::new();
+    {
+        let _g = rt.enter();
+        for &fd in fds {
+            // Our own descriptor for the same socket: tokio closes it when the runtime goes.
+            let own = sys::dup(fd)?;
+            sys::set_nonblocking(own.as_raw_fd(), true)?;
+            let mut s = tokio::net::TcpStream::from_std(TcpStream::from(own))?;
+            let (got, done) = (Rc::clone(&got), Rc::clone(&done));
+            local.spawn_local(async move {
+                let mut buf = vec![0u8; CONN_BUF];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            got.set(got.get() + n as u64);
+                            if got.get() >= want {
+                                done.notify_one();
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    }
+    go.start();
+    let r = rt.block_on(
+        local.run_until(async { tokio::time::timeout(RUN_TIMEOUT, done.notified()).await }),
+    );
+    go.stop();
+    drop(local);
+    drop(rt);
+    // The descriptors share the file status flags with ours: back to blocking.
+    for &fd in fds {
+        sys::set_nonblocking(fd, false)?;
+    }
+    r.map_err(|_| "tokio receive timed out")?;
+    Ok(RecvOut {
+        committed: fds.len() * CONN_BUF,
+        utilization: None,
+        enobufs: 0,
+    })
+}
+
+fn big_ring(n: usize) -> std::io::Result<IoUring> {
+    IoUring::builder()
+        .setup_cqsize((2 * n as u32 + 64).next_power_of_two().max(1024))
+        .build(4096)
+}
+
+/// Pushes `e`, submitting first when the submission queue is full.
+fn push(ring: &mut IoUring, e: &io_uring::squeue::Entry) -> std::io::Result<()> {
+    loop {
+        // SAFETY: the callers keep the buffers and pools alive until every request ended.
+        if unsafe { ring.submission().push(e) }.is_ok() {
+            return Ok(());
+        }
+        ring.submit()?;
+    }
+}
+
+/// Waits for at least one completion, at most 100 ms.
+fn wait(ring: &mut IoUring) -> std::io::Result<()> {
+    let ts = types::Timespec::new().nsec(100_000_000);
+    let args = types::SubmitArgs::new().timespec(&ts);
+    match ring.submitter().submit_with_args(1, &args) {
+        Ok(_) => Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Cancels every request and waits until `active` of them have ended; `ends` tells whether a
+/// CQE ends its request.
+fn cancel_all(
+    ring: &mut IoUring,
+    mut active: usize,
+    mut ends: impl FnMut(i32, u32, u64) -> bool,
+) -> BenchResult<()> {
+    let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+        .build()
+        .user_data(CANCELLED);
+    push(ring, &e)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut cancel_done = false;
+    while active > 0 || !cancel_done {
+        if Instant::now() > deadline {
+            return Err(format!("{active} requests still active after cancel").into());
+        }
+        wait(ring)?;
+        for cqe in ring.completion() {
+            if cqe.user_data() == CANCELLED {
+                cancel_done = true;
+            } else if ends(cqe.result(), cqe.flags(), cqe.user_data()) {
+                active -= 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn uring_fixed(fds: &[RawFd], want: u64, go: &mut Clock) -> BenchResult<RecvOut> {
+    let mut ring = big_ring(fds.len())?;
+    let mut bufs: Vec<Vec<u8>> = fds.iter().map(|_| vec![0u8; CONN_BUF]).collect();
+    let recv = |fd: RawFd, buf: &mut Vec<u8>, i: usize| {
+        opcode::Recv::new(types::Fd(fd), buf.as_mut_ptr(), CONN_BUF as u32)
+            .build()
+            .user_data(i as u64)
+    };
+    let r: BenchResult<()> = (|| {
+        for (i, &fd) in fds.iter().enumerate() {
+            push(&mut ring, &recv(fd, &mut bufs[i], i))?;
+        }
+        ring.submit()?;
+        go.start();
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        let mut got = 0u64;
+        let mut again = Vec::new();
+        while got < want {
+            if Instant::now() > deadline {
+                return Err("timed out".into());
+            }
+            wait(&mut ring)?;
+            for cqe in ring.completion() {
+                match cqe.result() {
+                    n if n > 0 => {
+                        got += n as u64;
+                        again.push(cqe.user_data() as usize);
+                    }
+                    0 => return Err("a connection closed".into()),
+                    e => return Err(std::io::Error::from_raw_os_error(-e).into()),
+                }
+            }
+            for i in again.drain(..) {
+                push(&mut ring, &recv(fds[i], &mut bufs[i], i))?;
+            }
+        }
+        go.stop();
+        cancel_all(&mut ring, fds.len(), |_, _, _| true)
+    })();
+    if let Err(e) = r {
+        // Requests may still be in flight: their buffers must stay valid.
+        std::mem::forget(bufs);
+        std::mem::forget(ring);
+        return Err(e);
+    }
+    Ok(RecvOut {
+        committed: fds.len() * CONN_BUF,
+        utilization: None,
+        enobufs: 0,
+    })
+}
+
+fn pool_receive(
+    fds: &[RawFd],
+    mode: Incremental,
+    buf_len: usize,
+    pool_mem: usize,
+    want: u64,
+    go: &mut Clock,
+) -> BenchResult<RecvOut> {
+    let mut ring = big_ring(fds.len())?;
+    let count = (pool_mem / buf_len).max(1);
+    let mut pool = Pool::builder(0)
+        .count(count)
+        .buf_len(buf_len)
+        .incremental(mode)
+        .build(&ring)?;
+    let mut enobufs = 0u64;
+    let r: BenchResult<()> = (|| {
+        for (i, &fd) in fds.iter().enumerate() {
+            push(&mut ring, &pool.recv_multishot(fd).user_data(i as u64))?;
+        }
+        ring.submit()?;
+        go.start();
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        let mut got = 0u64;
+        let mut rearm = Vec::new();
+        while got < want {
+            if Instant::now() > deadline {
+                return Err("timed out".into());
+            }
+            wait(&mut ring)?;
+            for cqe in ring.completion() {
+                let i = cqe.user_data() as usize;
+                match pool.complete(cqe.result(), cqe.flags())? {
+                    Completion::Data { chunk, more } => {
+                        got += chunk.len() as u64;
+                        if !more {
+                            rearm.push(i);
+                        }
+                    }
+                    Completion::NoBuffers => {
+                        enobufs += 1;
+                        rearm.push(i);
+                    }
+                    Completion::EndOfStream => return Err("a connection closed".into()),
+                    Completion::Failed(e) => return Err(e.into()),
+                }
+            }
+            pool.publish();
+            for i in rearm.drain(..) {
+                push(&mut ring, &pool.recv_multishot(fds[i]).user_data(i as u64))?;
+            }
+        }
+        go.stop();
+        let pool = &mut pool;
+        cancel_all(&mut ring, fds.len(), |res, flags, _| {
+            // Whatever still arrives is accounted for; the request ends without F_MORE.
+            let _ = pool.complete(res, flags);
+            flags & 2 == 0
+        })
+    })();
+    if let Err(e) = r {
+        std::mem::forget(pool);
+        std::mem::forget(ring);
+        return Err(e);
+    }
+    Ok(RecvOut {
+        committed: count * buf_len,
+        utilization: Some(pool.stats().utilization()),
+        enobufs,
+    })
+}
+
+pub fn run(args: &Args, common: &Common) -> BenchResult<Vec<Scenario>> {
+    let n = args
+        .conns
+        .unwrap_or(if common.quick { 2000 } else { 10_000 });
+    if n == 0 || args.msg_size == 0 {
+        return Err("--conns and --msg-size must be positive".into());
+    }
+    let messages = args.messages.unwrap_or(20 * n);
+    let pool_mem = args.pool_mem.unwrap_or(4 << 20);
+    let conns = Arc::new(make_conns(n)?);
+    let recvs = [
+        Recv::Tokio,
+        Recv::UringFixed,
+        Recv::Pool {
+            mode: Incremental::Off,
+            buf_len: CONN_BUF,
+        },
+        Recv::Pool {
+            mode: Incremental::Kernel,
+            buf_len: INC_BUF,
+        },
+    ];
+    let contenders: Vec<Box<dyn Contender>> = recvs
+        .into_iter()
+        .filter(|r| common.wants(&r.name()))
+        .map(|recv| {
+            Box::new(FaninContender {
+                recv,
+                conns: Arc::clone(&conns),
+                msg_size: args.msg_size,
+                messages,
+                pool_mem,
+                round: 0,
+            }) as Box<dyn Contender>
+        })
+        .collect();
+    Ok(vec![interleave(
+        "fanin",
+        format!(
+            "{n} connections, {messages} messages of {} B per round; pools {}",
+            args.msg_size,
+            size_name(pool_mem)
+        ),
+        "tokio",
+        contenders,
+        Vec::new(),
+        common.rounds(),
+        Duration::from_secs(if common.quick { 8 } else { 45 }),
+    )])
+}
