@@ -303,7 +303,7 @@ fn tokio_receive(fds: &[RawFd], want: u64, go: &mut Clock) -> BenchResult<RecvOu
 
 fn big_ring(n: usize) -> std::io::Result<IoUring> {
     IoUring::builder()
-        .setup_cqsize((2 * n as u32 + 64).next_power_of_two().max(1024))
+        .setup_cqsize((2 * n as u32 + 64).next_power_of_two().max(8192))
         .build(4096)
 }
 
