@@ -56,12 +56,22 @@ impl Shared {
     }
 
     /// Drops one reference; the last one sends the buffer back to the owner.
+    #[inline]
     pub(crate) fn release(&self, bid: u16) {
-        if self.refs[bid as usize].fetch_sub(1, Ordering::Release) != 1 {
-            return;
+        let refs = &self.refs[bid as usize];
+        if refs.load(Ordering::Acquire) == 1 {
+            // We hold the only reference, so nobody can take another one (that needs a
+            // reference already): skip the atomic read-modify-write, the common case of a
+            // classic buffer with one chunk. The acquire load orders every earlier holder's
+            // reads of the buffer (their releasing decrements) before the hand-back.
+            refs.store(0, Ordering::Relaxed);
+        } else {
+            if refs.fetch_sub(1, Ordering::Release) != 1 {
+                return;
+            }
+            // Every other holder's reads of the buffer happen before it is handed back.
+            std::sync::atomic::fence(Ordering::Acquire);
         }
-        // Every other holder's reads of the buffer happen before it is handed back.
-        std::sync::atomic::fence(Ordering::Acquire);
         let mut top = self.returns.load(Ordering::Relaxed);
         loop {
             self.next[bid as usize].store(top, Ordering::Relaxed);
@@ -271,6 +281,7 @@ impl AsMut<[u8]> for Chunk {
 }
 
 impl Drop for Chunk {
+    #[inline]
     fn drop(&mut self) {
         self.shared.release(self.bid);
     }
