@@ -44,7 +44,7 @@ struct br_c_stream {
 
 struct br_c_result {
 	uint64_t bytes;
-	uint64_t completions;
+	uint64_t completions; /* completions that brought data */
 	uint64_t enobufs;
 	int32_t err; /* 0, or a negative errno */
 };
@@ -179,9 +179,10 @@ void br_c_stream_run(struct br_c_stream *s, int timeout_ms, struct br_c_result *
 			unsigned flags = cqe->flags;
 
 			seen++;
-			out->completions++;
 			if (flags & IORING_CQE_F_BUFFER) {
 				unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+
+				out->completions++;
 
 				if (bid >= s->count || cqe->res <= 0) {
 					out->err = -EINVAL;

@@ -54,6 +54,8 @@ pub fn missing() -> Option<&'static str> {
 #[derive(Debug, Default)]
 pub struct StreamOut {
     pub bytes: u64,
+    /// Completions that brought data.
+    pub ops: u64,
     pub enobufs: u64,
 }
 
@@ -114,6 +116,7 @@ impl CStream {
             }
             Ok(StreamOut {
                 bytes: out.bytes,
+                ops: out.completions,
                 enobufs: out.enobufs,
             })
         }

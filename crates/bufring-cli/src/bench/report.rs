@@ -240,6 +240,8 @@ pub fn plot(results: &[Scenario], path: &Path) -> crate::CliResult {
             .configure_mesh()
             .disable_y_mesh()
             .y_labels(0)
+            .x_labels(8)
+            .light_line_style(WHITE)
             .x_desc(first.unit)
             .label_style(("sans-serif", 13))
             .draw()?;
@@ -267,10 +269,12 @@ pub fn plot(results: &[Scenario], path: &Path) -> crate::CliResult {
                 (*hi, y + 0.2),
                 ("sans-serif", 13),
             )))?;
+            // backend_coord is in whole-image pixels; the area draws relative to its corner.
             let (px, py) = chart.backend_coord(&(0.0, y));
+            let (bx, by) = area.get_base_pixel();
             area.draw(&Text::new(
                 name.to_string(),
-                (px - 165, py - 7),
+                (px - bx - 165, py - by - 7),
                 ("sans-serif", 14),
             ))?;
         }

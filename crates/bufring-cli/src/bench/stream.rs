@@ -25,7 +25,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Options of `bench stream`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Bytes per round, all connections together (e.g. 512M; default 768M, 128M with --quick).
+    /// Bytes per round, all connections together (e.g. 512M; default 512M, 128M with --quick).
     #[arg(long, value_parser = parse_size)]
     bytes: Option<usize>,
     /// Connection counts, one scenario each (default 1,4).
@@ -116,6 +116,8 @@ struct RecvOut {
     cpu_secs: f64,
     end: Instant,
     enobufs: u64,
+    /// Receive calls or completions that brought data.
+    ops: u64,
 }
 
 impl Contender for StreamContender {
@@ -204,6 +206,11 @@ impl Contender for StreamContender {
                 "MiB",
                 self.recv.memory(self.conns, self.pool_mem) as f64 / MIB as f64,
             ),
+            Figure::up(
+                "kib_per_op",
+                "KiB/op",
+                bytes as f64 / 1024.0 / outs.iter().map(|o| o.ops).sum::<u64>().max(1) as f64,
+            ),
             Figure::down(
                 "enobufs",
                 "re-arms",
@@ -262,21 +269,22 @@ fn receive(
 ) -> BenchResult<RecvOut> {
     let fds: Vec<RawFd> = socks.iter().map(|s| s.as_raw_fd()).collect();
     let mut enobufs = 0;
-    let (cpu0, bytes) = match recv {
+    let (cpu0, bytes, ops) = match recv {
         Recv::ReadLoop => {
             let mut sock = &socks[0];
             sock.set_read_timeout(Some(RUN_TIMEOUT))?;
             let mut buf = vec![0x55u8; MIB];
             let (cpu0, _) = go();
-            let mut bytes = 0u64;
+            let (mut bytes, mut ops) = (0u64, 0u64);
             loop {
                 let n = sock.read(&mut buf)?;
                 if n == 0 {
                     break;
                 }
                 bytes += n as u64;
+                ops += 1;
             }
-            (cpu0, bytes)
+            (cpu0, bytes, ops)
         }
         Recv::Tokio => tokio_receive(socks, go)?,
         Recv::UringFixed => uring_fixed(&fds, go)?,
@@ -289,13 +297,13 @@ fn receive(
             let (cpu0, _) = go();
             let out = s.run(RUN_TIMEOUT.as_millis() as i32)?;
             enobufs = out.enobufs;
-            (cpu0, out.bytes)
+            (cpu0, out.bytes, out.ops)
         }
         Recv::Pool { mode, buf_len } => {
             let count = (pool_mem / buf_len).max(1);
-            let (cpu0, b, e) = pool_receive(&fds, mode, buf_len, count, go)?;
+            let (cpu0, b, o, e) = pool_receive(&fds, mode, buf_len, count, go)?;
             enobufs = e;
-            (cpu0, b)
+            (cpu0, b, o)
         }
     };
     Ok(RecvOut {
@@ -303,13 +311,14 @@ fn receive(
         cpu_secs: sys::thread_cpu_secs() - cpu0,
         end: Instant::now(),
         enobufs,
+        ops,
     })
 }
 
 fn tokio_receive(
     socks: &[TcpStream],
     go: &mut dyn FnMut() -> (f64, Instant),
-) -> BenchResult<(f64, u64)> {
+) -> BenchResult<(f64, u64, u64)> {
     use tokio::io::AsyncReadExt;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -327,34 +336,37 @@ fn tokio_receive(
             .collect::<std::io::Result<Vec<_>>>()?
     };
     let (cpu0, _) = go();
-    let bytes = rt.block_on(async move {
+    let (bytes, ops) = rt.block_on(async move {
         let tasks: Vec<_> = streams
             .into_iter()
             .map(|mut s| {
                 tokio::spawn(async move {
                     let mut buf = vec![0x55u8; 64 * KIB];
-                    let mut n = 0u64;
+                    let (mut n, mut ops) = (0u64, 0u64);
                     loop {
                         let k = s.read(&mut buf).await?;
                         if k == 0 {
-                            return Ok::<u64, std::io::Error>(n);
+                            return Ok::<(u64, u64), std::io::Error>((n, ops));
                         }
                         n += k as u64;
+                        ops += 1;
                     }
                 })
             })
             .collect();
         tokio::time::timeout(RUN_TIMEOUT, async move {
-            let mut total = 0u64;
+            let (mut total, mut ops) = (0u64, 0u64);
             for t in tasks {
-                total += t.await.map_err(std::io::Error::other)??;
+                let (n, o) = t.await.map_err(std::io::Error::other)??;
+                total += n;
+                ops += o;
             }
-            Ok::<u64, std::io::Error>(total)
+            Ok::<(u64, u64), std::io::Error>((total, ops))
         })
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "tokio receive"))?
     })?;
-    Ok((cpu0, bytes))
+    Ok((cpu0, bytes, ops))
 }
 
 /// Waits for at least one completion, at most 100 ms.
@@ -368,7 +380,10 @@ fn wait(ring: &mut IoUring) -> std::io::Result<()> {
     }
 }
 
-fn uring_fixed(fds: &[RawFd], go: &mut dyn FnMut() -> (f64, Instant)) -> BenchResult<(f64, u64)> {
+fn uring_fixed(
+    fds: &[RawFd],
+    go: &mut dyn FnMut() -> (f64, Instant),
+) -> BenchResult<(f64, u64, u64)> {
     const LEN: usize = 64 * KIB;
     let mut ring = IoUring::new(256)?;
     let mut bufs: Vec<Vec<u8>> = fds.iter().map(|_| vec![0x55u8; LEN]).collect();
@@ -385,7 +400,7 @@ fn uring_fixed(fds: &[RawFd], go: &mut dyn FnMut() -> (f64, Instant)) -> BenchRe
     let (cpu0, _) = go();
     let deadline = Instant::now() + RUN_TIMEOUT;
     let mut open = fds.len();
-    let mut bytes = 0u64;
+    let (mut bytes, mut ops) = (0u64, 0u64);
     let mut again = Vec::with_capacity(fds.len());
     let r: BenchResult<()> = (|| {
         while open > 0 {
@@ -398,6 +413,7 @@ fn uring_fixed(fds: &[RawFd], go: &mut dyn FnMut() -> (f64, Instant)) -> BenchRe
                 match cqe.result() {
                     n if n > 0 => {
                         bytes += n as u64;
+                        ops += 1;
                         again.push(i);
                     }
                     0 => open -= 1,
@@ -418,7 +434,7 @@ fn uring_fixed(fds: &[RawFd], go: &mut dyn FnMut() -> (f64, Instant)) -> BenchRe
         std::mem::forget(ring);
         return Err(e);
     }
-    Ok((cpu0, bytes))
+    Ok((cpu0, bytes, ops))
 }
 
 fn pool_receive(
@@ -427,7 +443,7 @@ fn pool_receive(
     buf_len: usize,
     count: usize,
     go: &mut dyn FnMut() -> (f64, Instant),
-) -> BenchResult<(f64, u64, u64)> {
+) -> BenchResult<(f64, u64, u64, u64)> {
     let mut ring = IoUring::new(256)?;
     let mut pool = Pool::builder(0)
         .count(count)
@@ -483,13 +499,14 @@ fn pool_receive(
         std::mem::forget(ring);
         return Err(e);
     }
-    Ok((cpu0, bytes, enobufs))
+    let ops = pool.stats().completions;
+    Ok((cpu0, bytes, ops, enobufs))
 }
 
 pub fn run(args: &Args, common: &Common) -> BenchResult<Vec<Scenario>> {
     let bytes = args
         .bytes
-        .unwrap_or(if common.quick { 128 * MIB } else { 768 * MIB });
+        .unwrap_or(if common.quick { 128 * MIB } else { 512 * MIB });
     let pool_mem = args.pool_mem.unwrap_or(4 * MIB);
     let conns = if args.conns.is_empty() {
         vec![1, 4]
@@ -561,7 +578,7 @@ pub fn run(args: &Args, common: &Common) -> BenchResult<Vec<Scenario>> {
             contenders,
             skipped.clone(),
             common.rounds(),
-            Duration::from_secs(if common.quick { 6 } else { 40 }),
+            Duration::from_secs(if common.quick { 6 } else { 30 }),
         ));
     }
     Ok(out)
