@@ -4,10 +4,12 @@
 //! The connections are made once and shared by every contender and round.
 //! Figures: messages/s, receive-buffer memory committed, peak RSS, utilization, ENOBUFS.
 
-use std::io::Write;
+use std::cell::RefCell;
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Barrier};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bufring::{Completion, Incremental, Pool};
@@ -67,15 +69,30 @@ impl Recv {
     }
 }
 
-/// The connections, made once.
+/// Options of the hidden `bench fanin-sender`: the sending side of `bench fanin`, run by it as
+/// a child process so that each process needs only one descriptor per connection.
+#[derive(clap::Args)]
+pub struct SenderArgs {
+    /// The receiver's port on 127.0.0.1.
+    #[arg(long)]
+    port: u16,
+    /// Connections to make.
+    #[arg(long)]
+    conns: usize,
+    /// Message size.
+    #[arg(long)]
+    msg_size: usize,
+}
+
+/// The receiving ends of the connections, made once, and the child process that sends.
 struct Conns {
-    tx: Vec<TcpStream>,
     rx: Vec<TcpStream>,
+    sender: Sender,
 }
 
 struct FaninContender {
     recv: Recv,
-    conns: Arc<Conns>,
+    conns: Rc<RefCell<Conns>>,
     msg_size: usize,
     messages: usize,
     pool_mem: usize,
@@ -97,18 +114,13 @@ impl Contender for FaninContender {
 
     fn run_once(&mut self) -> BenchResult<Vec<Figure>> {
         self.round += 1;
-        let barrier = Arc::new(Barrier::new(2));
-        let conns = Arc::clone(&self.conns);
         let (msg_size, messages, seed) = (self.msg_size, self.messages, self.round);
-        let sender = {
-            let barrier = Arc::clone(&barrier);
-            std::thread::spawn(move || send(&conns.tx, msg_size, messages, seed, &barrier))
-        };
         sys::pin(sys::receiver_cpu());
         sys::reset_peak_rss();
-        let fds: Vec<RawFd> = self.conns.rx.iter().map(|s| s.as_raw_fd()).collect();
+        let mut conns = self.conns.borrow_mut();
+        let fds: Vec<RawFd> = conns.rx.iter().map(|s| s.as_raw_fd()).collect();
         let want = (msg_size * messages) as u64;
-        let mut go = Clock::new(&barrier);
+        let mut go = Clock::new(&mut conns.sender, messages, seed);
         let r = match self.recv {
             Recv::Tokio => tokio_receive(&fds, want, &mut go),
             Recv::UringFixed => uring_fixed(&fds, want, &mut go),
@@ -116,11 +128,9 @@ impl Contender for FaninContender {
                 pool_receive(&fds, mode, buf_len, self.pool_mem, want, &mut go)
             }
         };
-        if !go.started {
-            barrier.wait();
-        }
         let (secs, cpu) = go.elapsed();
-        let sent = sender.join().map_err(|_| "sender panicked")?;
+        // The sender's report of this round (it sends everything whatever the receiver does).
+        let sent = if go.started { go.sender.done() } else { Ok(()) };
         let out = r?;
         sent?;
         let mut figs = vec![
@@ -144,7 +154,9 @@ impl Contender for FaninContender {
 
 /// The receiver's start line and finish: wall time and the receiving thread's CPU time.
 struct Clock<'a> {
-    barrier: &'a Barrier,
+    sender: &'a mut Sender,
+    messages: usize,
+    seed: u64,
     started: bool,
     t0: Instant,
     cpu0: f64,
@@ -152,9 +164,11 @@ struct Clock<'a> {
 }
 
 impl<'a> Clock<'a> {
-    fn new(barrier: &'a Barrier) -> Self {
+    fn new(sender: &'a mut Sender, messages: usize, seed: u64) -> Self {
         Clock {
-            barrier,
+            sender,
+            messages,
+            seed,
             started: false,
             t0: Instant::now(),
             cpu0: 0.0,
@@ -162,12 +176,12 @@ impl<'a> Clock<'a> {
         }
     }
 
-    /// Set up: wait for the sender, start the clocks.
-    fn start(&mut self) {
+    /// Set up: start the clocks and tell the sender to go.
+    fn start(&mut self) -> std::io::Result<()> {
         self.started = true;
-        self.barrier.wait();
         self.cpu0 = sys::thread_cpu_secs();
         self.t0 = Instant::now();
+        self.sender.go(self.messages, self.seed)
     }
 
     /// Everything received (teardown is not measured).
@@ -187,70 +201,166 @@ impl<'a> Clock<'a> {
     }
 }
 
-/// Random passes over the connections, one message each, until `messages` are written.
-fn send(
-    tx: &[TcpStream],
-    msg_size: usize,
-    messages: usize,
-    seed: u64,
-    barrier: &Barrier,
-) -> std::io::Result<()> {
+/// The child process that sends: `bufring bench fanin-sender`, driven over its stdin/stdout.
+struct Sender {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Sender {
+    /// Starts the child and accepts its `n` connections.
+    fn spawn(n: usize, msg_size: usize) -> BenchResult<Conns> {
+        let need = (n + 256) as u64;
+        let got = sys::raise_nofile(need);
+        if got < need {
+            return Err(format!(
+                "{n} connections need {need} descriptors; RLIMIT_NOFILE allows {got} (use --conns)"
+            )
+            .into());
+        }
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        // SAFETY: listen() on our own socket to raise the backlog; no memory involved.
+        unsafe { libc::listen(listener.as_raw_fd(), 4096) };
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["bench", "fanin-sender", "--port", &port.to_string()])
+            .args([
+                "--conns",
+                &n.to_string(),
+                "--msg-size",
+                &msg_size.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        let mut sender = Sender {
+            child,
+            stdin,
+            stdout,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut rx = Vec::with_capacity(n);
+        while rx.len() < n {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false)?;
+                    rx.push(s);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() > deadline || sender.child.try_wait()?.is_some() {
+                        return Err("the sender process did not connect".into());
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        sender.expect("ready")?;
+        Ok(Conns { rx, sender })
+    }
+
+    fn expect(&mut self, what: &str) -> BenchResult<()> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        if line.trim() != what {
+            return Err(format!("sender: {}", line.trim()).into());
+        }
+        Ok(())
+    }
+
+    fn go(&mut self, messages: usize, seed: u64) -> std::io::Result<()> {
+        let stdin = self.stdin.as_mut().ok_or(std::io::ErrorKind::BrokenPipe)?;
+        writeln!(stdin, "go {messages} {seed}")?;
+        stdin.flush()
+    }
+
+    fn done(&mut self) -> BenchResult<()> {
+        self.expect("done")
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        // End of input tells the child to close its connections and exit.
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `bench fanin-sender`: connects, says "ready", then for every "go MESSAGES SEED" line writes
+/// MESSAGES messages in random passes over the connections (one message per connection per
+/// pass) and says "done". Ends at end of input.
+pub fn sender_main(args: &SenderArgs) -> crate::CliResult {
     sys::pin(sys::sender_cpu());
-    let msg = vec![0x5au8; msg_size];
+    sys::raise_nofile((args.conns + 64) as u64);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
+    let mut tx = Vec::with_capacity(args.conns);
+    for _ in 0..args.conns {
+        let t = TcpStream::connect(addr)?;
+        t.set_nodelay(true)?;
+        t.set_write_timeout(Some(RUN_TIMEOUT))?;
+        tx.push(t);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    let msg = vec![0x5au8; args.msg_size];
     let mut order: Vec<usize> = (0..tx.len()).collect();
-    let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut next = move || {
-        // xorshift64
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    barrier.wait();
-    let mut left = messages;
-    while left > 0 {
-        for i in (1..order.len()).rev() {
-            let j = (next() % (i as u64 + 1)) as usize;
-            order.swap(i, j);
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let mut words = line.split_whitespace();
+        let (Some("go"), Some(messages), Some(seed)) = (words.next(), words.next(), words.next())
+        else {
+            return Err(format!("unexpected command {line:?}").into());
+        };
+        let (messages, seed): (usize, u64) = (messages.parse()?, seed.parse()?);
+        let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = move || {
+            // xorshift64
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut left = messages;
+        let mut result = Ok(());
+        while left > 0 && result.is_ok() {
+            for i in (1..order.len()).rev() {
+                let j = (next() % (i as u64 + 1)) as usize;
+                order.swap(i, j);
+            }
+            for &c in order.iter().take(left) {
+                if let Err(e) = (&tx[c]).write_all(&msg) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            left = left.saturating_sub(order.len());
         }
-        for &c in order.iter().take(left) {
-            (&tx[c]).write_all(&msg)?;
+        match result {
+            Ok(()) => writeln!(out, "done")?,
+            Err(e) => writeln!(out, "error: {e}")?,
         }
-        left = left.saturating_sub(order.len());
+        out.flush()?;
     }
     Ok(())
 }
 
-fn make_conns(n: usize) -> BenchResult<Conns> {
-    let need = (2 * n + 256) as u64;
-    let got = sys::raise_nofile(need);
-    if got < need {
-        return Err(format!(
-            "{n} connections need {need} descriptors; RLIMIT_NOFILE allows {got} (use --conns)"
-        )
-        .into());
-    }
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    // SAFETY: listen() on our own socket to raise the backlog; no memory involved.
-    unsafe { libc::listen(listener.as_raw_fd(), 4096) };
-    let addr = listener.local_addr()?;
-    let mut tx = Vec::with_capacity(n);
-    let mut rx = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = TcpStream::connect(addr)?;
-        t.set_nodelay(true)?;
-        t.set_write_timeout(Some(RUN_TIMEOUT))?;
-        let (r, _) = listener.accept()?;
-        tx.push(t);
-        rx.push(r);
-    }
-    Ok(Conns { tx, rx })
-}
-
 fn tokio_receive(fds: &[RawFd], want: u64, go: &mut Clock) -> BenchResult<RecvOut> {
     use std::cell::Cell;
-    use std::rc::Rc;
-    use tokio::io::AsyncReadExt;
+    use std::os::fd::{FromRawFd, IntoRawFd};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -258,42 +368,72 @@ fn tokio_receive(fds: &[RawFd], want: u64, go: &mut Clock) -> BenchResult<RecvOu
     let got = Rc::new(Cell::new(0u64));
     let done = Rc::new(tokio::sync::Notify::new());
     let local = tokio::task::LocalSet::new();
-    {
+    // tokio borrows our descriptors (a duplicate each would need twice the descriptor limit)
+    // and gives them back, deregistered and open, at the end.
+    let mut streams = Vec::with_capacity(fds.len());
+    let r: BenchResult<()> = (|| {
         let _g = rt.enter();
         for &fd in fds {
-            // Our own descriptor for the same socket: tokio closes it when the runtime goes.
-            let own = sys::dup(fd)?;
-            sys::set_nonblocking(own.as_raw_fd(), true)?;
-            let mut s = tokio::net::TcpStream::from_std(TcpStream::from(own))?;
+            sys::set_nonblocking(fd, true)?;
+            // SAFETY: the descriptor is ours and stays open: every stream is turned back into a
+            // raw fd below instead of being closed.
+            let std = unsafe { TcpStream::from_raw_fd(fd) };
+            let s = Rc::new(tokio::net::TcpStream::from_std(std)?);
+            streams.push(Rc::clone(&s));
             let (got, done) = (Rc::clone(&got), Rc::clone(&done));
             local.spawn_local(async move {
                 let mut buf = vec![0u8; CONN_BUF];
                 loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
+                    if s.readable().await.is_err() {
+                        return;
+                    }
+                    match s.try_read(&mut buf) {
+                        Ok(0) => return,
                         Ok(n) => {
                             got.set(got.get() + n as u64);
                             if got.get() >= want {
                                 done.notify_one();
                             }
                         }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return,
                     }
                 }
             });
         }
-    }
-    go.start();
-    let r = rt.block_on(
-        local.run_until(async { tokio::time::timeout(RUN_TIMEOUT, done.notified()).await }),
-    );
-    go.stop();
+        Ok(())
+    })();
+    let r = r.and_then(|()| {
+        go.start()?;
+        let r = rt.block_on(
+            local.run_until(async { tokio::time::timeout(RUN_TIMEOUT, done.notified()).await }),
+        );
+        go.stop();
+        r.map_err(|_| "tokio receive timed out".into())
+    });
+    // Cancel the tasks (dropping their handles on the streams), then take the fds back.
     drop(local);
+    {
+        let _g = rt.enter();
+        for s in streams {
+            match Rc::try_unwrap(s) {
+                Ok(s) => {
+                    // A failed deregistration closes the fd: the next contender then fails
+                    // loudly with EBADF.
+                    if let Ok(std) = s.into_std() {
+                        let _ = std.into_raw_fd();
+                    }
+                }
+                // Still shared (cannot happen once the tasks are gone): never close it.
+                Err(s) => std::mem::forget(s),
+            }
+        }
+    }
     drop(rt);
-    // The descriptors share the file status flags with ours: back to blocking.
     for &fd in fds {
         sys::set_nonblocking(fd, false)?;
     }
-    r.map_err(|_| "tokio receive timed out")?;
+    r?;
     Ok(RecvOut {
         committed: fds.len() * CONN_BUF,
         utilization: None,
@@ -371,7 +511,7 @@ fn uring_fixed(fds: &[RawFd], want: u64, go: &mut Clock) -> BenchResult<RecvOut>
             push(&mut ring, &recv(fd, &mut bufs[i], i))?;
         }
         ring.submit()?;
-        go.start();
+        go.start()?;
         let deadline = Instant::now() + RUN_TIMEOUT;
         let mut got = 0u64;
         let mut again = Vec::new();
@@ -431,7 +571,7 @@ fn pool_receive(
             push(&mut ring, &pool.recv_multishot(fd).user_data(i as u64))?;
         }
         ring.submit()?;
-        go.start();
+        go.start()?;
         let deadline = Instant::now() + RUN_TIMEOUT;
         let mut got = 0u64;
         let mut rearm = Vec::new();
@@ -491,7 +631,7 @@ pub fn run(args: &Args, common: &Common) -> BenchResult<Vec<Scenario>> {
     }
     let messages = args.messages.unwrap_or(20 * n);
     let pool_mem = args.pool_mem.unwrap_or(4 << 20);
-    let conns = Arc::new(make_conns(n)?);
+    let conns = Rc::new(RefCell::new(Sender::spawn(n, args.msg_size)?));
     let recvs = [
         Recv::Tokio,
         Recv::UringFixed,
@@ -510,7 +650,7 @@ pub fn run(args: &Args, common: &Common) -> BenchResult<Vec<Scenario>> {
         .map(|recv| {
             Box::new(FaninContender {
                 recv,
-                conns: Arc::clone(&conns),
+                conns: Rc::clone(&conns),
                 msg_size: args.msg_size,
                 messages,
                 pool_mem,

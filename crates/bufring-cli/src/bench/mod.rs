@@ -56,6 +56,9 @@ enum Workload {
     Fanin(fanin::Args),
     /// User-space cost per completion on a fabricated completion stream.
     Hotpath(hotpath::Args),
+    /// The sending side of `fanin`, run by it as a child process.
+    #[command(hide = true)]
+    FaninSender(fanin::SenderArgs),
 }
 
 pub fn run(args: Args) -> crate::CliResult {
@@ -65,6 +68,7 @@ pub fn run(args: Args) -> crate::CliResult {
         Workload::Stream(a) => stream::run(&a, &args.common),
         Workload::Fanin(a) => fanin::run(&a, &args.common),
         Workload::Hotpath(a) => hotpath::run(&a, &args.common),
+        Workload::FaninSender(a) => return fanin::sender_main(&a),
     }
     .map_err(|e| e.to_string())?;
     report::print(&results, &args.common);

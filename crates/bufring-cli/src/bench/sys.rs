@@ -147,17 +147,6 @@ pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// A duplicate of `fd` (close-on-exec).
-pub fn dup(fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC has no memory effects.
-    let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(n) })
-}
-
 /// The machine, for the report: CPU model and kernel release.
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
