@@ -575,6 +575,11 @@ fn pool_receive(
         let deadline = Instant::now() + RUN_TIMEOUT;
         let mut got = 0u64;
         let mut rearm = Vec::new();
+        // Connections whose request ended with ENOBUFS. Re-arming all of them at once when
+        // thousands are waiting would only end most of them with ENOBUFS again (each needs a
+        // whole buffer on a classic ring): re-arm at most as many as there are buffers posted.
+        let mut starved = std::collections::VecDeque::new();
+        let classic = mode == Incremental::Off;
         while got < want {
             if Instant::now() > deadline {
                 return Err("timed out".into());
@@ -591,20 +596,28 @@ fn pool_receive(
                     }
                     Completion::NoBuffers => {
                         enobufs += 1;
-                        rearm.push(i);
+                        starved.push_back(i);
                     }
                     Completion::EndOfStream => return Err("a connection closed".into()),
                     Completion::Failed(e) => return Err(e.into()),
                 }
             }
             pool.publish();
+            let posted = pool.stats().in_kernel as usize;
+            let budget = if classic || posted == 0 {
+                posted
+            } else {
+                starved.len()
+            };
+            let n = budget.min(starved.len());
+            rearm.extend(starved.drain(..n));
             for i in rearm.drain(..) {
                 push(&mut ring, &pool.recv_multishot(fds[i]).user_data(i as u64))?;
             }
         }
         go.stop();
         let pool = &mut pool;
-        cancel_all(&mut ring, fds.len(), |res, flags, _| {
+        cancel_all(&mut ring, fds.len() - starved.len(), |res, flags, _| {
             // Whatever still arrives is accounted for; the request ends without F_MORE.
             let _ = pool.complete(res, flags);
             flags & 2 == 0
