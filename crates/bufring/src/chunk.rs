@@ -36,6 +36,7 @@ impl Shared {
     }
 
     /// The address of buffer `bid`'s first byte.
+    #[inline]
     pub(crate) fn buf_addr(&self, bid: u16) -> *mut u8 {
         // SAFETY: the pool only passes bids below `count`, so the offset is inside the region.
         unsafe {
@@ -46,11 +47,13 @@ impl Shared {
     }
 
     /// The kernel now holds `bid` (the owner posted it).
+    #[inline]
     pub(crate) fn hold(&self, bid: u16) {
         self.refs[bid as usize].store(1, Ordering::Relaxed);
     }
 
     /// One more reference to `bid` (a new chunk while the kernel keeps the buffer, or a split).
+    #[inline]
     pub(crate) fn acquire(&self, bid: u16) {
         self.refs[bid as usize].fetch_add(1, Ordering::Relaxed);
     }
@@ -88,6 +91,7 @@ impl Shared {
     }
 
     /// Whether any buffer waits to be re-posted.
+    #[inline]
     pub(crate) fn has_returns(&self) -> bool {
         self.returns.load(Ordering::Relaxed) != NIL
     }
@@ -136,6 +140,7 @@ unsafe impl Sync for Chunk {}
 impl Chunk {
     /// Wraps `[offset, offset + len)` of buffer `bid`. The caller has taken the reference the
     /// chunk will give back.
+    #[inline]
     pub(crate) fn new(shared: Arc<Shared>, bid: u16, offset: u32, len: u32, last: bool) -> Self {
         // SAFETY: `offset + len <= buf_len` was checked by the pool, so the pointer is inside
         // buffer `bid`.
@@ -161,6 +166,7 @@ impl Chunk {
     }
 
     /// The number of bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len as usize
     }
@@ -254,6 +260,7 @@ impl Chunk {
 
 impl Deref for Chunk {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         // SAFETY: `ptr..ptr+len` lies inside buffer `bid`, which the kernel no longer writes
         // (the range was committed in a completion) and which stays mapped while `shared` lives.

@@ -12,17 +12,20 @@ pub struct CqeFlags(pub u32);
 
 impl CqeFlags {
     /// The selected buffer's id, if the kernel picked one (F_BUFFER).
+    #[inline]
     pub fn buffer(self) -> Option<u16> {
         (self.0 & sys::IORING_CQE_F_BUFFER != 0)
             .then_some((self.0 >> sys::IORING_CQE_BUFFER_SHIFT) as u16)
     }
 
     /// The multishot request goes on (F_MORE).
+    #[inline]
     pub fn more(self) -> bool {
         self.0 & sys::IORING_CQE_F_MORE != 0
     }
 
     /// The kernel keeps filling the same buffer (F_BUF_MORE, incremental rings).
+    #[inline]
     pub fn buf_more(self) -> bool {
         self.0 & sys::IORING_CQE_F_BUF_MORE != 0
     }

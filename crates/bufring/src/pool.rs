@@ -330,6 +330,7 @@ impl Pool {
     /// tail store. Returns how many went back. Call it once per batch of completions (like
     /// liburing's `io_uring_buf_ring_cq_advance`), and before re-arming after
     /// [`Completion::NoBuffers`].
+    #[inline]
     pub fn publish(&mut self) -> u32 {
         if self.shared.has_returns() {
             let shared = Arc::clone(&self.shared);
@@ -353,6 +354,7 @@ impl Pool {
     /// [`Completion`]. A CQE that cannot be right (bid out of range or not held by the kernel,
     /// more bytes than the buffer has left, F_BUF_MORE on a classic pool, data without a
     /// buffer) is rejected with [`Error::BadCompletion`] and changes nothing.
+    #[inline]
     pub fn complete(&mut self, result: i32, flags: u32) -> Result<Completion> {
         let f = CqeFlags(flags);
         let Some(bid) = f.buffer() else {
