@@ -11,7 +11,7 @@ fn main() {
         .iter()
         .any(|d| Path::new(d).join("liburing.h").exists());
     if !found || std::env::var_os("BUFRING_NO_LIBURING").is_some() {
-        println!("cargo:warning=<liburing.h> not found: the liburing-c bench contenders are skipped (install liburing-dev to build them)");
+        println!("cargo:warning=<liburing.h> not found or BUFRING_NO_LIBURING set: the liburing-c bench contenders are skipped (install liburing-dev to build them)");
         return;
     }
     let ok = cc::Build::new()
