@@ -683,5 +683,11 @@ pub fn run(args: &Args, common: &Common) -> BenchResult<Vec<Scenario>> {
         Vec::new(),
         common.rounds(),
         Duration::from_secs(if common.quick { 8 } else { 45 }),
-    )])
+    )
+    .plotting(&[
+        "msgs_per_s",
+        "rx_mem_mib",
+        "peak_rss_mib",
+        "utilization",
+    ])])
 }

@@ -144,6 +144,8 @@ pub struct Scenario {
     pub title: String,
     /// Name of the reference contender (ratios are to its medians).
     pub reference: String,
+    /// Figures to plot, one panel each (empty: the main figure).
+    pub plot: Vec<&'static str>,
     /// Per contender, in run order: its name and every round's figures; or why it was skipped.
     pub rows: Vec<Row>,
 }
@@ -199,8 +201,17 @@ pub fn interleave(
     Scenario {
         workload,
         title,
+        plot: Vec::new(),
         reference: reference.to_string(),
         rows,
+    }
+}
+
+impl Scenario {
+    /// Plots these figures, one panel each, instead of the main figure alone.
+    pub fn plotting(mut self, figures: &[&'static str]) -> Self {
+        self.plot = figures.to_vec();
+        self
     }
 }
 

@@ -176,20 +176,35 @@ pub fn plot(results: &[Scenario], path: &Path) -> crate::CliResult {
     plotters::style::register_font("sans-serif", FontStyle::Normal, font)
         .map_err(|_| "the font could not be loaded")?;
 
-    let panels: Vec<&Scenario> = results
-        .iter()
-        .filter(|s| s.rows.iter().any(|r| !r.rounds.is_empty()))
-        .collect();
+    // One panel per scenario and plotted figure (the scenario's list, or its main figure).
+    let mut panels: Vec<(&Scenario, super::Figure)> = Vec::new();
+    for s in results {
+        let all: Vec<super::Figure> = s
+            .rows
+            .iter()
+            .flat_map(|r| r.rounds.first().into_iter().flatten().copied())
+            .collect();
+        let names: Vec<&str> = if s.plot.is_empty() {
+            all.first().map(|f| f.name).into_iter().collect()
+        } else {
+            s.plot.clone()
+        };
+        for name in names {
+            if let Some(f) = all.iter().find(|f| f.name == name) {
+                panels.push((s, *f));
+            }
+        }
+    }
     let row_px = 34u32;
     let heights: Vec<u32> = panels
         .iter()
-        .map(|s| 90 + row_px * s.rows.iter().filter(|r| !r.rounds.is_empty()).count() as u32)
+        .map(|(s, _)| 90 + row_px * s.rows.iter().filter(|r| !r.rounds.is_empty()).count() as u32)
         .collect();
     let total: u32 = heights.iter().sum::<u32>().max(100);
     let root = BitMapBackend::new(path, (1000, total)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut rest = root;
-    for (s, h) in panels.iter().zip(&heights) {
+    for ((s, first), h) in panels.iter().zip(&heights) {
         let (area, below) = rest.split_vertically(*h);
         rest = below;
         let rows: Vec<(&str, (f64, f64, f64))> = s
@@ -197,18 +212,10 @@ pub fn plot(results: &[Scenario], path: &Path) -> crate::CliResult {
             .iter()
             .filter(|r| !r.rounds.is_empty())
             .filter_map(|r| {
-                let f = figures(&r.rounds).into_iter().next()?;
+                let f = figures(&r.rounds).into_iter().find(|f| f.0 == first.name)?;
                 Some((r.contender.as_str(), summary(&f.3)))
             })
             .collect();
-        let first = s
-            .rows
-            .iter()
-            .find(|r| !r.rounds.is_empty())
-            .and_then(|r| r.rounds.first())
-            .and_then(|f| f.first())
-            .copied();
-        let Some(first) = first else { continue };
         let xmax = rows
             .iter()
             .map(|r| r.1 .2)
@@ -220,9 +227,10 @@ pub fn plot(results: &[Scenario], path: &Path) -> crate::CliResult {
         let mut chart = ChartBuilder::on(&area)
             .caption(
                 format!(
-                    "{} — {}: {} ({})",
+                    "{} — {}: {} {} ({})",
                     s.workload,
                     s.title,
+                    first.name,
                     first.unit,
                     if first.higher_is_better {
                         "higher is better"

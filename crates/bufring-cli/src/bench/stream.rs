@@ -567,19 +567,22 @@ pub fn run(args: &Args, common: &Common) -> BenchResult<Vec<Scenario>> {
                 }) as Box<dyn Contender>
             })
             .collect();
-        out.push(interleave(
-            "stream",
-            format!(
-                "{n} connection{}, {} per round",
-                if n == 1 { "" } else { "s" },
-                size_name(bytes)
-            ),
-            "read-loop",
-            contenders,
-            skipped.clone(),
-            common.rounds(),
-            Duration::from_secs(if common.quick { 6 } else { 30 }),
-        ));
+        out.push(
+            interleave(
+                "stream",
+                format!(
+                    "{n} connection{}, {} per round",
+                    if n == 1 { "" } else { "s" },
+                    size_name(bytes)
+                ),
+                "read-loop",
+                contenders,
+                skipped.clone(),
+                common.rounds(),
+                Duration::from_secs(if common.quick { 6 } else { 30 }),
+            )
+            .plotting(&["gbps", "cpu_s_per_gb", "kib_per_op"]),
+        );
     }
     Ok(out)
 }
