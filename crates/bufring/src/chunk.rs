@@ -140,6 +140,11 @@ impl Chunk {
         }
     }
 
+    /// What the chunk shares with its pool.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// The buffer id.
     pub fn bid(&self) -> u16 {
         self.bid

@@ -38,9 +38,11 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod bundle;
 mod chunk;
 mod completion;
 mod error;
+mod legacy;
 mod mem;
 mod ops;
 mod pool;
@@ -48,11 +50,12 @@ mod probe;
 mod ring;
 pub mod sys;
 
+pub use bundle::{Bundle, BundleCompletion, MAX_BUNDLE};
 pub use chunk::Chunk;
 pub use completion::{Completion, CqeFlags};
 pub use error::{BadCompletion, Error, Feature, Result};
 pub use mem::HugePages;
 pub use ops::Target;
-pub use pool::{Incremental, Pool, PoolBuilder, PoolStats};
+pub use pool::{Backend, Incremental, Pool, PoolBuilder, PoolStats};
 pub use probe::{kernel_release, Probe};
 pub use ring::{BufRing, BufRingBuilder, MAX_MMAP_BGID};

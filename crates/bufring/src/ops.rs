@@ -72,11 +72,32 @@ impl Pool {
         with_target!(fd.into(), |fd| opcode::RecvMulti::new(fd, bgid).build())
     }
 
+    /// A bundle receive (IORING_RECVSEND_BUNDLE, Linux 6.10): one completion may cover several
+    /// buffers in ring order. Hand its CQE to [`complete_bundle`](Self::complete_bundle). On
+    /// kernel incremental pools it needs Linux 6.15 (see
+    /// [`PoolBuilder::bundles`](crate::PoolBuilder::bundles)).
+    pub fn recv_bundle(&self, fd: impl Into<Target>) -> squeue::Entry {
+        let bgid = self.bgid();
+        with_target!(fd.into(), |fd| opcode::RecvBundle::new(fd, bgid).build())
+    }
+
+    /// A multishot bundle receive: each CQE covers one or more buffers; hand them to
+    /// [`complete_bundle`](Self::complete_bundle). The kernel ends it (no F_MORE) when a
+    /// bundle used the last posted buffer, even though data came:
+    /// [`BundleCompletion::must_rearm`](crate::BundleCompletion::must_rearm) then says to
+    /// publish and submit it again.
+    pub fn recv_multishot_bundle(&self, fd: impl Into<Target>) -> squeue::Entry {
+        let bgid = self.bgid();
+        with_target!(fd.into(), |fd| opcode::RecvMultiBundle::new(fd, bgid)
+            .build())
+    }
+
     /// A read of at most `len` bytes at file `offset` (`u64::MAX`: the current file position)
     /// into a buffer of the pool. `len` 0, or more than a buffer, means a whole buffer.
     ///
     /// An explicit `len` matters for regular files on incremental pools: the kernel commits
-    /// the selected length when it selects, not the bytes read.
+    /// the selected length when it selects, not the bytes read. Hand the CQE of a regular-file
+    /// read to [`complete_file_read`](Self::complete_file_read) with the same `len`.
     pub fn read(&self, fd: impl Into<Target>, len: u32, offset: u64) -> squeue::Entry {
         let bgid = self.bgid();
         let len = self.clamp_len(len);
