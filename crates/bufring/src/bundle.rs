@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::chunk::{Chunk, Shared};
 use crate::completion::{Completion, CqeFlags};
 use crate::error::{BadCompletion, Result};
-use crate::pool::{Piece, Pool, Source};
+use crate::pool::{Piece, Pool};
 
 /// The most buffers the kernel puts in one bundle.
 pub const MAX_BUNDLE: usize = 256;
@@ -173,7 +173,8 @@ impl Pool {
     /// before any chunk is formed; a CQE that fails is rejected with
     /// [`Error::BadCompletion`](crate::Error::BadCompletion) and changes nothing.
     ///
-    /// A CQE of a plain receive is a bundle of one buffer, so this accepts those too.
+    /// A CQE of a plain receive is a bundle of one buffer, so this accepts those too. On legacy
+    /// pools every CQE must fit one buffer (their bundle builders make plain receives).
     pub fn complete_bundle(&mut self, result: i32, flags: u32) -> Result<BundleCompletion> {
         let f = CqeFlags(flags);
         let Some(bid) = f.buffer() else {
@@ -184,11 +185,11 @@ impl Pool {
             return self.complete(result, flags).map(Into::into);
         }
         let first = self.check_bid(bid, f)?;
-        let (ring_tail, mask) = match &self.source {
-            Source::Ring(r) => (r.tail(), r.mask()),
-            // Legacy groups give a bundle one buffer.
-            Source::Legacy(_) => return self.complete(result, flags).map(Into::into),
-        };
+        if self.backend() == crate::Backend::Legacy {
+            // Legacy pools never send bundles (see `recv_bundle`): one buffer per CQE.
+            return self.complete(result, flags).map(Into::into);
+        }
+        let (ring_tail, mask) = self.order();
         let buf_len = self.shared.buf_len;
         let mut pieces = [Piece::default(); MAX_BUNDLE];
         let mut rem = result as u32;

@@ -62,6 +62,12 @@ impl Pool {
                 break;
             }
             sqes += 1;
+            for k in 0..run {
+                let b = staged[done + k];
+                self.slot_pos[b as usize] = l.tail;
+                self.slots[(l.tail & l.mask) as usize] = b;
+                l.tail = l.tail.wrapping_add(1);
+            }
             done += run;
             l.provided += run as u32;
         }

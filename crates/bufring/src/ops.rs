@@ -76,7 +76,14 @@ impl Pool {
     /// buffers in ring order. Hand its CQE to [`complete_bundle`](Self::complete_bundle). On
     /// kernel incremental pools it needs Linux 6.15 (see
     /// [`PoolBuilder::bundles`](crate::PoolBuilder::bundles)).
+    ///
+    /// On a legacy pool this is a plain [`recv`](Self::recv): the kernel fills legacy bundles
+    /// in a way their CQE does not describe (a first buffer cut short by the bytes queued at
+    /// the time, then the next one), so they could not be split safely.
     pub fn recv_bundle(&self, fd: impl Into<Target>) -> squeue::Entry {
+        if self.backend() == crate::Backend::Legacy {
+            return self.recv(fd);
+        }
         let bgid = self.bgid();
         with_target!(fd.into(), |fd| opcode::RecvBundle::new(fd, bgid).build())
     }
@@ -86,7 +93,13 @@ impl Pool {
     /// bundle used the last posted buffer, even though data came:
     /// [`BundleCompletion::must_rearm`](crate::BundleCompletion::must_rearm) then says to
     /// publish and submit it again.
+    ///
+    /// On a legacy pool this is a plain [`recv_multishot`](Self::recv_multishot) (see
+    /// [`recv_bundle`](Self::recv_bundle)).
     pub fn recv_multishot_bundle(&self, fd: impl Into<Target>) -> squeue::Entry {
+        if self.backend() == crate::Backend::Legacy {
+            return self.recv_multishot(fd);
+        }
         let bgid = self.bgid();
         with_target!(fd.into(), |fd| opcode::RecvMultiBundle::new(fd, bgid)
             .build())

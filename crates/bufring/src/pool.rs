@@ -276,7 +276,7 @@ impl PoolBuilder {
         let (source, mode) = self.register(ring)?;
         let slots = match &source {
             Source::Ring(r) => r.entries() as usize,
-            Source::Legacy(_) => 0,
+            Source::Legacy(l) => l.mask as usize + 1,
         };
         let mut pool = Pool {
             source,
@@ -373,6 +373,11 @@ pub(crate) struct Legacy {
     pub(crate) staged: Vec<u16>,
     /// Entries the kernel may hold: handed out as SQEs and not yet seen in a completion.
     pub(crate) provided: u32,
+    /// Position of the next buffer handed out: the kernel's list is first in, first out, so
+    /// positions give its order, as ring positions do (bundles take buffers in that order).
+    pub(crate) tail: u16,
+    /// `slots.len() - 1`.
+    pub(crate) mask: u16,
 }
 
 impl Legacy {
@@ -381,6 +386,8 @@ impl Legacy {
             bgid,
             staged: Vec::with_capacity(count),
             provided: 0,
+            tail: 0,
+            mask: (count.next_power_of_two() - 1) as u16,
         }
     }
 }
@@ -546,17 +553,23 @@ impl Pool {
     /// The pool's copy of the kernel's ring head: every ring position below it has been
     /// consumed by the kernel, as completions seen so far prove (CQEs of different requests may
     /// arrive out of ring order, so the kernel's head can be ahead). Equals the kernel's head
-    /// ([`BufRing::head`]) once every completion has been handed over. 0 for legacy pools.
+    /// ([`BufRing::head`]) once every completion has been handed over. On legacy pools,
+    /// positions count the buffers handed to the kernel's first-in-first-out list.
     pub fn shadow_head(&self) -> u16 {
         self.head
     }
 
-    /// The bid whose entry sits at ring position `pos` (mask applied), as the pool wrote it;
-    /// `None` for legacy pools.
-    pub fn shadow_slot(&self, pos: u16) -> Option<u16> {
+    /// The bid whose entry sits at ring position `pos` (mask applied), as the pool wrote it
+    /// (on legacy pools: the bid handed out `pos`-th).
+    pub fn shadow_slot(&self, pos: u16) -> u16 {
+        self.slots[(pos & self.order().1) as usize]
+    }
+
+    /// The published tail and the position mask of the ring, or of the legacy list.
+    pub(crate) fn order(&self) -> (u16, u16) {
         match &self.source {
-            Source::Ring(r) => Some(self.slots[(pos & r.mask()) as usize]),
-            Source::Legacy(_) => None,
+            Source::Ring(r) => (r.tail(), r.mask()),
+            Source::Legacy(l) => (l.tail, l.mask),
         }
     }
 
@@ -772,15 +785,13 @@ impl Pool {
             Mode::Kernel => final_piece && buf_more,
             Mode::Emulated => self.shared.buf_len - end >= self.min_left,
         };
-        match &mut self.source {
-            Source::Ring(_) => {
-                let pos = self.slot_pos[i];
-                let next = if entry_done { pos.wrapping_add(1) } else { pos };
-                if (next.wrapping_sub(self.head) as i16) > 0 {
-                    self.head = next;
-                }
-            }
-            Source::Legacy(l) => l.provided = l.provided.saturating_sub(1),
+        let pos = self.slot_pos[i];
+        let next = if entry_done { pos.wrapping_add(1) } else { pos };
+        if (next.wrapping_sub(self.head) as i16) > 0 {
+            self.head = next;
+        }
+        if let Source::Legacy(l) = &mut self.source {
+            l.provided = l.provided.saturating_sub(1);
         }
         if keep {
             if self.mode == Mode::Emulated {
