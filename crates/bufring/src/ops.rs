@@ -126,10 +126,13 @@ impl Pool {
     }
 
     /// A multishot read (IORING_OP_READ_MULTISHOT, Linux 6.7) of pollable files such as pipes:
-    /// one CQE per arrival of at most `len` bytes (0: a whole buffer).
+    /// one CQE per arrival, each in a buffer of the pool. `len` 0 (what to pass) takes up to a
+    /// whole buffer (on incremental pools, the rest of the current one); the kernel (6.18)
+    /// refuses any other `len` with EINVAL, so a nonzero `len` is passed on as is (at most a
+    /// buffer) only for kernels that accept it.
     pub fn read_multishot(&self, fd: impl Into<Target>, len: u32, offset: u64) -> squeue::Entry {
         let bgid = self.bgid();
-        let len = self.clamp_len(len);
+        let len = len.min(self.buf_len());
         with_target!(fd.into(), |fd| opcode::ReadMulti::new(fd, len, bgid)
             .offset(offset)
             .build())
