@@ -121,7 +121,8 @@ impl PoolBuilder {
     /// [`build`](Self::build) then fails with [`Error::Unsupported`] when the kernel lacks
     /// bundles ([`Feature::Bundles`]) or, with kernel incremental consumption, bundles on
     /// incremental rings ([`Feature::IncrementalBundles`]); [`Incremental::Auto`] then falls
-    /// back to emulation. Checking costs a scratch io_uring at build time.
+    /// back to emulation. Checking costs a scratch io_uring at build time. Legacy pools skip
+    /// the check: their bundle builders make plain receives.
     ///
     /// [`Feature::Bundles`]: crate::Feature::Bundles
     /// [`Feature::IncrementalBundles`]: crate::Feature::IncrementalBundles
@@ -255,9 +256,11 @@ impl PoolBuilder {
         };
         match registered {
             Ok((r, mode)) => Ok((Source::Ring(r), mode)),
-            Err(Error::Unsupported {
-                feature: Feature::BufferRing,
-            }) if self.backend == Backend::Auto && self.incremental != Incremental::Kernel => {
+            Err(e)
+                if self.backend == Backend::Auto
+                    && self.incremental != Incremental::Kernel
+                    && !rings_supported(&e) =>
+            {
                 legacy(fallback_mode)
             }
             Err(e) => Err(e),
@@ -299,6 +302,20 @@ impl PoolBuilder {
         }
         pool.publish();
         Ok(pool)
+    }
+}
+
+/// Whether a failed ring registration still leaves buffer rings possible: kernels without
+/// them answer EINVAL (an unknown register opcode), so ask the probe which it was.
+fn rings_supported(e: &Error) -> bool {
+    match e {
+        Error::Unsupported {
+            feature: Feature::BufferRing,
+        } => false,
+        Error::Kernel { source, .. } if source.raw_os_error() == Some(libc::EINVAL) => {
+            crate::probe::buffer_ring_supported()
+        }
+        _ => true,
     }
 }
 

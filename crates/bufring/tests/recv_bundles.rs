@@ -280,3 +280,30 @@ fn forged_incremental_bundle_starts_at_the_cursor() {
     );
     drop(first);
 }
+
+#[test]
+fn probe_reports_incremental_bundles_consistently() {
+    let ring = require_uring!();
+    let p = bufring::Probe::run_on(&ring);
+    if p.incremental_bundles {
+        assert!(p.incremental && p.bundles);
+    }
+    // A kernel-incremental pool for bundles builds exactly when the probe says so.
+    let r = Pool::builder(9)
+        .count(2)
+        .buf_len(4096)
+        .incremental(Incremental::Kernel)
+        .bundles(true)
+        .build(&ring);
+    match r {
+        Ok(_) => assert!(p.incremental_bundles),
+        Err(Error::Unsupported { feature }) => {
+            assert!(!p.incremental_bundles);
+            assert!(matches!(
+                feature,
+                Feature::IncrementalBundles | Feature::Bundles | Feature::Incremental
+            ));
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
