@@ -779,7 +779,9 @@ impl Pool {
                 count: self.cursor.len() as u16,
             });
         }
-        if !self.in_kernel[i] {
+        // Held, and its entry published: positions from the tail back, at most one per buffer.
+        let ahead = self.order().0.wrapping_sub(self.slot_pos[i]);
+        if !self.in_kernel[i] || ahead == 0 || ahead as usize > self.cursor.len() {
             return self.reject(BadCompletion::BidNotHeldByKernel { bid });
         }
         if f.buf_more() && self.mode != Mode::Kernel {
