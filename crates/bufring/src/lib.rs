@@ -56,3 +56,8 @@ pub use ops::Target;
 pub use pool::{Incremental, Pool, PoolBuilder, PoolStats};
 pub use probe::{kernel_release, Probe};
 pub use ring::{BufRing, BufRingBuilder, MAX_MMAP_BGID};
+
+/// The README's examples run as doctests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
