@@ -54,44 +54,21 @@ fn bad_ring_entries() {
 
 #[test]
 fn bad_pool_sizes() {
-    let cases: Vec<(Box<dyn Fn() -> Result<(), Error>>, &str)> = vec![
-        (Box::new(|| Pool::builder(1).count(0).validate()), "count"),
+    let cases = [
+        (Pool::builder(1).count(0), "count"),
+        (Pool::builder(1).count(40000), "count"),
+        (Pool::builder(1).count(9).ring_entries(8), "count"),
+        (Pool::builder(1).buf_len(0), "buf_len"),
+        (Pool::builder(1).count(2).buf_len(1 << 33), "buf_len"),
         (
-            Box::new(|| Pool::builder(1).count(40000).validate()),
-            "count",
-        ),
-        (
-            Box::new(|| Pool::builder(1).count(9).ring_entries(8).validate()),
-            "count",
-        ),
-        (
-            Box::new(|| Pool::builder(1).buf_len(0).validate()),
+            Pool::builder(1).count(32768).buf_len(usize::MAX / 2),
             "buf_len",
         ),
-        (
-            Box::new(|| Pool::builder(1).count(2).buf_len(1 << 33).validate()),
-            "buf_len",
-        ),
-        (
-            Box::new(|| {
-                Pool::builder(1)
-                    .count(32768)
-                    .buf_len(usize::MAX / 2)
-                    .validate()
-            }),
-            "buf_len",
-        ),
-        (
-            Box::new(|| Pool::builder(1).min_left(16).validate()),
-            "min_left",
-        ),
-        (
-            Box::new(|| Pool::builder(4000).kernel_allocated(true).validate()),
-            "bgid",
-        ),
+        (Pool::builder(1).min_left(16), "min_left"),
+        (Pool::builder(4000).kernel_allocated(true), "bgid"),
     ];
-    for (i, (f, field)) in cases.iter().enumerate() {
-        assert_eq!(config_field(f().unwrap_err()), *field, "case {i}");
+    for (i, (b, field)) in cases.iter().enumerate() {
+        assert_eq!(config_field(b.validate().unwrap_err()), *field, "case {i}");
     }
     let e = Pool::builder(1).count(0).validate().unwrap_err();
     assert!(e.to_string().contains("count"), "{e}");
