@@ -59,3 +59,8 @@ pub use ops::Target;
 pub use pool::{Backend, Incremental, Pool, PoolBuilder, PoolStats};
 pub use probe::{kernel_release, Probe};
 pub use ring::{BufRing, BufRingBuilder, MAX_MMAP_BGID};
+
+/// The README's examples run as doctests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -178,16 +178,6 @@ impl PoolBuilder {
                 ),
             ));
         }
-        let entries = self.entries();
-        if (entries as usize) < self.count {
-            return Err(Error::config(
-                "count",
-                format!(
-                    "{} buffers do not fit in {entries} ring entries",
-                    self.count
-                ),
-            ));
-        }
         if self.min_left != 0 && self.incremental == Incremental::Off {
             return Err(Error::config(
                 "min_left",
@@ -201,7 +191,18 @@ impl PoolBuilder {
             ));
         }
         self.ring_builder(self.incremental == Incremental::Kernel)
-            .validate()
+            .validate()?;
+        let entries = self.entries();
+        if (entries as usize) < self.count {
+            return Err(Error::config(
+                "count",
+                format!(
+                    "{} buffers do not fit in {entries} ring entries",
+                    self.count
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn ring_builder(&self, kernel_inc: bool) -> crate::ring::BufRingBuilder {
@@ -259,7 +260,7 @@ impl PoolBuilder {
             Err(e)
                 if self.backend == Backend::Auto
                     && self.incremental != Incremental::Kernel
-                    && !rings_supported(&e) =>
+                    && rings_missing(&e) =>
             {
                 legacy(fallback_mode)
             }
@@ -305,18 +306,18 @@ impl PoolBuilder {
     }
 }
 
-/// Whether a failed ring registration still leaves buffer rings possible: kernels without
-/// them answer EINVAL (an unknown register opcode), so ask the probe which it was.
-fn rings_supported(e: &Error) -> bool {
-    match e {
+/// Whether a failed ring registration means the kernel has no buffer rings (rather than, say,
+/// an fd that is not an io_uring): kernels without them answer EINVAL (an unknown register
+/// opcode), so ask the probe, which tries a scratch io_uring.
+fn rings_missing(e: &Error) -> bool {
+    let maybe = match e {
         Error::Unsupported {
             feature: Feature::BufferRing,
-        } => false,
-        Error::Kernel { source, .. } if source.raw_os_error() == Some(libc::EINVAL) => {
-            crate::probe::buffer_ring_supported()
-        }
-        _ => true,
-    }
+        } => true,
+        Error::Kernel { source, .. } => source.raw_os_error() == Some(libc::EINVAL),
+        _ => false,
+    };
+    maybe && crate::probe::buffer_ring_missing()
 }
 
 /// Counters kept by a pool. Buffers are either in the kernel's hands (posted, or partly filled
@@ -544,8 +545,23 @@ impl Pool {
         }
     }
 
-    /// The ring underneath (head, available, entries); `None` for legacy provided buffers.
-    pub fn ring(&self) -> Option<&BufRing> {
+    /// The ring underneath (head, available, entries).
+    ///
+    /// # Panics
+    /// On a legacy pool ([`Backend::Legacy`]), which has no ring: use
+    /// [`try_ring`](Self::try_ring) where the backend may be legacy.
+    pub fn ring(&self) -> &BufRing {
+        match self.try_ring() {
+            Some(r) => r,
+            None => panic!(
+                "Pool::ring on a legacy pool (bgid {}), which has no ring; use try_ring",
+                self.bgid()
+            ),
+        }
+    }
+
+    /// The ring underneath, or `None` for a legacy pool.
+    pub fn try_ring(&self) -> Option<&BufRing> {
         match &self.source {
             Source::Ring(r) => Some(r),
             Source::Legacy(_) => None,

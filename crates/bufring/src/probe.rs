@@ -74,10 +74,10 @@ impl Probe {
     }
 }
 
-/// Whether the kernel has buffer rings, tried on a scratch io_uring (kernels before 5.19 answer
-/// a ring registration with EINVAL, like a bad argument would).
-pub(crate) fn buffer_ring_supported() -> bool {
-    IoUring::new(4).is_ok_and(|ring| BufRing::builder(PROBE_BGID, 1).register(&ring).is_ok())
+/// Whether the kernel has io_uring but no buffer rings, tried on a scratch io_uring (kernels
+/// before 5.19 answer a ring registration with EINVAL, like a bad argument would).
+pub(crate) fn buffer_ring_missing() -> bool {
+    IoUring::new(4).is_ok_and(|ring| BufRing::builder(PROBE_BGID, 1).register(&ring).is_err())
 }
 
 /// Whether bundles work, and whether they work on incremental rings.
