@@ -60,7 +60,7 @@ fn pipe_stream(mode: Incremental, bgid: u16) {
     let writer = std::thread::spawn(move || {
         let mut data = Pattern::new(77);
         let mut sizes = Pattern::new(78);
-        let mut buf = vec![0u8; 40_000];
+        let mut buf = vec![0u8; 20_000];
         let mut sent = 0;
         while sent < total {
             let n = (1 + sizes.next_u64() as usize % buf.len()).min(total - sent);

@@ -164,6 +164,29 @@ pub fn receive_all(
     seen
 }
 
+/// Like `common::send_pattern`, with a pause after each write so the receiver keeps up and
+/// each completion holds about one write (buffers then serve several completions).
+pub fn send_pattern_paced(
+    mut s: TcpStream,
+    total: usize,
+    max_write: usize,
+    seed: u64,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut data = Pattern::new(seed);
+    let mut sizes = Pattern::new(seed ^ 0x9e37_79b9);
+    let mut buf = vec![0u8; max_write];
+    let mut sent = 0;
+    while sent < total {
+        let n = (1 + sizes.next_u64() as usize % max_write).min(total - sent);
+        data.fill(&mut buf[..n]);
+        s.write_all(&buf[..n])?;
+        sent += n;
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    s.shutdown(std::net::Shutdown::Write)
+}
+
 /// Receives one TCP stream of `total` bytes (random writes up to `max_write`) and checks it.
 pub fn one_stream(
     ring: &mut IoUring,
@@ -173,9 +196,38 @@ pub fn one_stream(
     bundle: bool,
     hold: usize,
 ) -> Seen {
+    stream_with(ring, pool, total, max_write, bundle, hold, false)
+}
+
+/// [`one_stream`] with the paced sender.
+pub fn one_paced_stream(
+    ring: &mut IoUring,
+    pool: &mut Pool,
+    total: usize,
+    max_write: usize,
+    hold: usize,
+) -> Seen {
+    stream_with(ring, pool, total, max_write, false, hold, true)
+}
+
+fn stream_with(
+    ring: &mut IoUring,
+    pool: &mut Pool,
+    total: usize,
+    max_write: usize,
+    bundle: bool,
+    hold: usize,
+    paced: bool,
+) -> Seen {
     let (rx, tx) = common::tcp_pair();
     let seed = 0xabcdef ^ total as u64;
-    let sender = std::thread::spawn(move || common::send_pattern(tx, total, max_write, seed));
+    let sender = std::thread::spawn(move || {
+        if paced {
+            send_pattern_paced(tx, total, max_write, seed)
+        } else {
+            common::send_pattern(tx, total, max_write, seed)
+        }
+    });
     let mut conns = [Conn::new(rx, seed)];
     let seen = receive_all(
         ring,
