@@ -35,6 +35,18 @@
 //! }
 //! # }
 //! ```
+//!
+//! # Receive paths
+//! - **Bundles** ([`Pool::recv_bundle`], [`Pool::recv_multishot_bundle`]): one CQE covers
+//!   several buffers; [`Pool::complete_bundle`] splits it into a [`Bundle`] of chunks using the
+//!   pool's own copy of the ring order, after checking every buffer.
+//! - **Pipes and files**: [`Pool::read_multishot`] for pipes; [`Pool::read`] with an explicit
+//!   length and [`Pool::complete_file_read`] for regular files, where incremental rings use
+//!   the selected length, not the bytes read.
+//! - **Every kernel with provided buffers**: [`Incremental::Emulated`] (or `Auto`) consumes
+//!   buffers a piece at a time without kernel support, and [`Backend::Legacy`] (chosen by
+//!   `Auto` on kernels without rings) gives buffers to the kernel through SQEs from
+//!   [`Pool::provide`].
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 

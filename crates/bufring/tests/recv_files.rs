@@ -291,3 +291,34 @@ fn file_reads_kernel_incremental() {
 fn file_reads_emulated() {
     file_reads(Incremental::Emulated, 7);
 }
+
+#[test]
+fn forged_file_reads_are_checked_against_the_selected_length() {
+    let ring = require_uring!();
+    let Some(mut pool) = build(&ring, 8, Incremental::Kernel, 2, 4096) else {
+        return;
+    };
+    let f = |bid: u32, more: bool| 1 | (bid << 16) | if more { 1 << 4 } else { 0 };
+    // More bytes than the read asked for.
+    assert!(matches!(
+        pool.complete_file_read(1001, f(0, true), 1000),
+        Err(Error::BadCompletion(bufring::BadCompletion::TooLong { .. }))
+    ));
+    // F_BUF_MORE although the selected length is the whole buffer.
+    assert!(matches!(
+        pool.complete_file_read(100, f(0, true), 0),
+        Err(Error::BadCompletion(
+            bufring::BadCompletion::BufMoreWithoutSpace { bid: 0 }
+        ))
+    ));
+    assert_eq!(pool.cursor(0), Some(0));
+    assert_eq!(pool.stats().completions, 0);
+    // A short read: 10 bytes, 1000 used.
+    let c = pool
+        .complete_file_read(10, f(0, true), 1000)
+        .unwrap()
+        .into_chunk()
+        .unwrap();
+    assert_eq!((c.offset(), c.len()), (0, 10));
+    assert_eq!(pool.cursor(0), Some(1000));
+}
