@@ -41,18 +41,24 @@
 mod chunk;
 mod completion;
 mod error;
+mod frame;
 mod mem;
 mod ops;
 mod pool;
 mod probe;
+mod recvmsg;
 mod ring;
+mod stream;
 pub mod sys;
 
 pub use chunk::Chunk;
 pub use completion::{Completion, CqeFlags};
 pub use error::{BadCompletion, Error, Feature, Result};
+pub use frame::{Delimited, Frame, FrameError, Framing, LengthPrefixed, PrefixWidth};
 pub use mem::HugePages;
 pub use ops::Target;
 pub use pool::{Incremental, Pool, PoolBuilder, PoolStats};
 pub use probe::{kernel_release, Probe};
+pub use recvmsg::{BadDatagram, ControlMessage, ControlMessages, Datagram, RecvMsg};
 pub use ring::{BufRing, BufRingBuilder, MAX_MMAP_BGID};
+pub use stream::RecvStream;
