@@ -407,8 +407,13 @@ impl Datagram {
         self.namelen > self.name_cap
     }
 
-    /// The control messages, in the order the kernel wrote them. A message cut short for lack
-    /// of room (see [`is_control_truncated`](Self::is_control_truncated)) is left out.
+    /// The control messages, in the order the kernel wrote them.
+    ///
+    /// When the control area was too small ([`is_control_truncated`](Self::is_control_truncated)),
+    /// the kernel drops what does not fit and cuts the last message down to the room left,
+    /// `cmsg_len` included: that message comes with its data cut short, so check a message's
+    /// data length before decoding it. (A last message whose `cmsg_len` runs past the area,
+    /// which the kernel does not write but a truncating writer might, is left out.)
     pub fn control(&self) -> ControlMessages<'_> {
         ControlMessages {
             bytes: self.control_bytes(),
@@ -534,5 +539,241 @@ impl<'a> Iterator for ControlMessages<'a> {
         };
         self.pos = next_cmsg(self.pos, len as usize);
         Some(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::test_chunks::Buffers;
+
+    fn out(namelen: u32, controllen: u32, payloadlen: u32, flags: u32) -> Vec<u8> {
+        [namelen, controllen, payloadlen, flags]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect()
+    }
+
+    fn cmsg(level: i32, ty: i32, data: &[u8]) -> Vec<u8> {
+        let mut v = (CMSG_HDR + data.len()).to_ne_bytes().to_vec();
+        v.extend_from_slice(&level.to_ne_bytes());
+        v.extend_from_slice(&ty.to_ne_bytes());
+        v.extend_from_slice(data);
+        v.resize(next_cmsg(0, v.len()), 0);
+        v
+    }
+
+    fn sockaddr_in(ip: [u8; 4], port: u16) -> Vec<u8> {
+        let mut v = (libc::AF_INET as u16).to_ne_bytes().to_vec();
+        v.extend_from_slice(&port.to_be_bytes());
+        v.extend_from_slice(&ip);
+        v.resize(16, 0);
+        v
+    }
+
+    /// A buffer laid out as the kernel does: header, name area, control area, payload.
+    fn layout(msg: &RecvMsg, hdr: &[u8], name: &[u8], control: &[u8], payload: &[u8]) -> Vec<u8> {
+        let mut v = hdr.to_vec();
+        let mut n = name.to_vec();
+        n.resize(msg.name_len() as usize, 0xee);
+        v.extend_from_slice(&n);
+        let mut c = control.to_vec();
+        c.resize(msg.control_len() as usize, 0xee);
+        v.extend_from_slice(&c);
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn parses_name_control_and_payload() {
+        let b = Buffers::new(4, 1024);
+        let msg = RecvMsg::new(RecvMsg::INET6_NAME_LEN, 64).unwrap();
+        let pktinfo = cmsg(
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            &[1, 0, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1],
+        );
+        let ovfl = cmsg(libc::SOL_SOCKET, libc::SO_RXQ_OVFL, &7u32.to_ne_bytes());
+        let control = [pktinfo.clone(), ovfl.clone()].concat();
+        let bytes = layout(
+            &msg,
+            &out(16, control.len() as u32, 5, 0),
+            &sockaddr_in([127, 0, 0, 1], 4242),
+            &control,
+            b"hello",
+        );
+        let d = msg.parse(b.chunk(0, 100, &bytes)).unwrap();
+        assert_eq!(d.source(), Some("127.0.0.1:4242".parse().unwrap()));
+        assert_eq!(&d.payload()[..], b"hello");
+        assert_eq!(d.payload().offset(), 100 + msg.header_len());
+        assert!(!d.is_truncated() && !d.is_control_truncated() && !d.is_name_truncated());
+        let msgs: Vec<_> = d.control().collect();
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(
+            (msgs[0].level, msgs[0].ty),
+            (libc::IPPROTO_IP, libc::IP_PKTINFO)
+        );
+        assert_eq!(msgs[0].data.len(), 12);
+        assert_eq!(d.dropped(), Some(7));
+        assert_eq!(&d.into_payload()[..], b"hello");
+    }
+
+    #[test]
+    fn parses_ipv6_names_and_truncation() {
+        let b = Buffers::new(4, 1024);
+        let msg = RecvMsg::new(RecvMsg::INET6_NAME_LEN, 0).unwrap();
+        let mut name = (libc::AF_INET6 as u16).to_ne_bytes().to_vec();
+        name.extend_from_slice(&9000u16.to_be_bytes());
+        name.extend_from_slice(&5u32.to_be_bytes());
+        name.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+        name.extend_from_slice(&3u32.to_ne_bytes());
+        let bytes = layout(
+            &msg,
+            &out(28, 0, 900, libc::MSG_TRUNC as u32),
+            &name,
+            &[],
+            b"abc",
+        );
+        let d = msg.parse(b.chunk(1, 0, &bytes)).unwrap();
+        assert_eq!(
+            d.source(),
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::LOCALHOST,
+                9000,
+                5,
+                3
+            )))
+        );
+        assert!(d.is_truncated());
+        assert_eq!(d.payload_len(), 900);
+        assert_eq!(d.payload().len(), 3);
+
+        // A name area too small for the address: raw bytes only, no SocketAddr.
+        let small = RecvMsg::new(RecvMsg::INET_NAME_LEN, 0).unwrap();
+        let bytes = layout(&small, &out(28, 0, 1, 0), &name[..16], &[], b"x");
+        let d = small.parse(b.chunk(2, 0, &bytes)).unwrap();
+        assert!(d.is_name_truncated());
+        assert_eq!(d.source(), None);
+        assert_eq!(d.name().len(), 16);
+    }
+
+    #[test]
+    fn a_control_message_running_past_the_area_is_skipped_under_ctrunc() {
+        let b = Buffers::new(4, 1024);
+        let msg = RecvMsg::new(0, 24).unwrap();
+        let full = cmsg(libc::IPPROTO_IP, libc::IP_PKTINFO, &[0; 12]); // 32 bytes
+        let bytes = layout(
+            &msg,
+            &out(0, 24, 1, libc::MSG_CTRUNC as u32),
+            &[],
+            &full[..24],
+            b"p",
+        );
+        let d = msg.parse(b.chunk(0, 0, &bytes)).unwrap();
+        assert!(d.is_control_truncated());
+        assert_eq!(d.control().count(), 0);
+        assert_eq!(d.source(), None);
+        // The same bytes without MSG_CTRUNC are not what the kernel writes.
+        let bytes = layout(&msg, &out(0, 24, 1, 0), &[], &full[..24], b"p");
+        let e = msg.parse(b.chunk(1, 0, &bytes)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::BadDatagram(BadDatagram::BadControlMessage {
+                    offset: 0,
+                    cmsg_len: 28
+                })
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn forged_layouts_are_typed_errors() {
+        let b = Buffers::new(8, 1024);
+        let msg = RecvMsg::new(16, 32).unwrap();
+        let bad = |bid: u16, bytes: &[u8]| match msg.parse(b.chunk(bid, 0, bytes)) {
+            Err(Error::BadDatagram(e)) => e,
+            other => panic!("accepted a forged layout: {other:?}"),
+        };
+        assert_eq!(
+            bad(0, &[0; 20]),
+            BadDatagram::Short {
+                len: 20,
+                header_len: 64
+            }
+        );
+        assert_eq!(
+            bad(1, &layout(&msg, &out(16, 33, 0, 0), &[], &[], b"")),
+            BadDatagram::ControlTooLong {
+                controllen: 33,
+                capacity: 32
+            }
+        );
+        assert_eq!(
+            bad(2, &layout(&msg, &out(16, 0, 2, 0), &[], &[], b"abc")),
+            BadDatagram::PayloadTooLong {
+                received: 3,
+                payloadlen: 2
+            }
+        );
+        let mut zero_len = cmsg(1, 2, &[]);
+        zero_len[..CMSG_ALIGN].fill(0);
+        assert!(matches!(
+            bad(3, &layout(&msg, &out(16, 16, 0, 0), &[], &zero_len, b"")),
+            BadDatagram::BadControlMessage { cmsg_len: 0, .. }
+        ));
+        let mut huge = cmsg(1, 2, &[]);
+        huge[..CMSG_ALIGN].copy_from_slice(&usize::MAX.to_ne_bytes());
+        assert!(matches!(
+            bad(4, &layout(&msg, &out(16, 16, 0, 0), &[], &huge, b"")),
+            BadDatagram::BadControlMessage { .. }
+        ));
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let b = Buffers::new(1, 4096);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..3000 {
+            let msg = RecvMsg::new(rnd() as u32 % 129, rnd() as u32 % 100).unwrap();
+            let len = rnd() as usize % 300;
+            let mut bytes: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+            // Make the header plausible half the time so the deeper checks run too.
+            if len >= 16 && rnd() % 2 == 0 {
+                let ctl = rnd() as u32 % (msg.control_len() + 1);
+                let pay = (len as u32).saturating_sub(msg.header_len()) + rnd() as u32 % 3;
+                bytes[..16].copy_from_slice(&out(
+                    rnd() as u32 % 140,
+                    ctl,
+                    pay,
+                    rnd() as u32 & 0x28,
+                ));
+            }
+            if let Ok(d) = msg.parse(b.chunk(0, 0, &bytes)) {
+                let _ = d.source();
+                let _ = d.name();
+                let _ = d.dropped();
+                for m in d.control() {
+                    assert!(m.data.len() <= d.control_bytes().len());
+                }
+                assert!(d.payload().len() <= d.payload_len());
+            }
+        }
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        assert!(RecvMsg::new(129, 0).is_err());
+        assert!(RecvMsg::new(0, u32::MAX).is_err());
+        let m = RecvMsg::new(28, 36).unwrap();
+        assert_eq!(m.header_len(), 80);
+        assert_eq!(m.min_left_for(1472), 1552);
     }
 }
