@@ -487,6 +487,27 @@ fn truncated_payload_and_control_are_visible() {
     assert!(msgs[0].data.is_empty());
     assert_eq!(d.dropped(), None);
     assert_eq!(d.source(), Some(tx.local_addr().unwrap()));
+    drop(d);
+    pool.publish();
+
+    // Without MSG_TRUNC in the receive flags the kernel reports only what it copied as
+    // payloadlen; the MSG_TRUNC result flag still tells that the datagram was cut. (A socket
+    // of its own: the first multishot is still armed on `rx`.)
+    let (rx2, tx2) = udp_pair("127.0.0.1:0").unwrap();
+    let plain = RecvMsg::new(RecvMsg::INET_NAME_LEN, 16)
+        .unwrap()
+        .msg_flags(0);
+    common::push(&mut ring, &plain.multishot(&pool, rx2.as_raw_fd()).unwrap());
+    tx2.send(&big).unwrap();
+    let cqes = common::reap(&mut ring, Duration::from_secs(5));
+    assert_eq!(cqes.len(), 1);
+    let (_, res, flags) = cqes[0];
+    let chunk = pool.complete(res, flags).unwrap().into_chunk().unwrap();
+    let d = plain.parse(chunk).unwrap();
+    assert_eq!(d.payload().len(), 256 - 48);
+    assert_eq!(d.payload_len(), 256 - 48, "payloadlen without MSG_TRUNC");
+    assert!(d.is_truncated(), "MSG_TRUNC result flag");
+    assert_eq!(d.source(), Some(tx2.local_addr().unwrap()));
 }
 
 #[test]
