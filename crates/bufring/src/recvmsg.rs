@@ -166,7 +166,7 @@ impl RecvMsg {
                 ),
             ));
         }
-        if pool.is_incremental() && pool.ring().min_left() < header {
+        if pool.is_incremental() && incremental_min_left(pool) < header {
             return Err(Error::config(
                 "min_left",
                 format!(
@@ -175,7 +175,7 @@ impl RecvMsg {
                      multishot with EFAULT; the pool has min_left {}. Build the pool with \
                      PoolBuilder::min_left (RecvMsg::min_left_for helps), or use a classic pool \
                      where the kernel lacks min_left",
-                    pool.ring().min_left()
+                    incremental_min_left(pool)
                 ),
             ));
         }
@@ -248,6 +248,12 @@ impl RecvMsg {
             flags,
         })
     }
+}
+
+/// The shortest tail an incremental pool leaves for the kernel to select: the ring's
+/// `min_left` (below it the kernel retires the buffer).
+fn incremental_min_left(pool: &Pool) -> u32 {
+    pool.ring().min_left()
 }
 
 /// Walks the control messages once, so iterating them later cannot go wrong.
