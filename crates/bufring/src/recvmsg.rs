@@ -32,8 +32,8 @@ const CMSG_ALIGN: usize = size_of::<usize>();
 /// [`header_len`](Self::header_len) fails the multishot with `EFAULT`, so the pool's buffers
 /// must be longer than that (checked by [`multishot`](Self::multishot)).
 ///
-/// Keep the `RecvMsg` alive (and unmoved is not needed: the `msghdr` lives on the heap) until
-/// the request has ended, like the pool itself.
+/// Keep the `RecvMsg` alive until the request has ended, like the pool itself. Moving it is
+/// fine: the `msghdr` lives on the heap.
 ///
 /// ```no_run
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -5,6 +5,7 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use bufring::{
@@ -227,4 +228,79 @@ fn an_oversized_frame_from_the_peer_is_a_typed_error() {
         ),
         "{errors:?}"
     );
+}
+
+/// Two connections share one incremental pool: their receives interleave in the same buffers,
+/// so a connection's chunks are adjacent only between the other's. Each stream must merge
+/// only its own adjacent chunks and still frame every message right.
+#[test]
+fn two_connections_sharing_an_incremental_pool() {
+    let mut ring = require_uring!();
+    let mut pool = match Pool::builder(32)
+        .count(8)
+        .buf_len(64 * 1024)
+        .incremental(Incremental::Kernel)
+        .build(&ring)
+    {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("SKIPPED: {e}");
+            return;
+        }
+    };
+    let (max, frames) = (3000, 1000);
+    let mut conns = Vec::new();
+    let mut senders = Vec::new();
+    for (i, kind) in [Kind::U16, Kind::Crlf].into_iter().enumerate() {
+        let (rx, tx) = common::tcp_pair();
+        let w = wire(kind, frames, max);
+        senders.push(std::thread::spawn(move || {
+            send_in_pieces(tx, w, 700, 10 + i as u64)
+        }));
+        let framing: Box<dyn Framing> = match kind {
+            Kind::Crlf => Box::new(Delimited::crlf(max)),
+            _ => Box::new(LengthPrefixed::u16_be(max)),
+        };
+        common::push(
+            &mut ring,
+            &pool.recv_multishot(rx.as_raw_fd()).user_data(i as u64),
+        );
+        conns.push((rx, framing, RecvStream::new(), 0u32, 0u32));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while conns.iter().any(|c| !c.2.is_finished()) {
+        assert!(std::time::Instant::now() < deadline, "streams not finished");
+        for (ud, res, flags) in common::reap(&mut ring, Duration::from_millis(200)) {
+            let (rx, framing, stream, seq, zero_copy) = &mut conns[ud as usize];
+            let c = pool.complete(res, flags).expect("completion rejected");
+            let goes_on = c.more() || matches!(c, bufring::Completion::EndOfStream);
+            if let Some(other) = stream.push_completion(c) {
+                assert!(matches!(other, bufring::Completion::NoBuffers), "{other:?}");
+            }
+            while let Some(f) = stream.next_frame(&mut **framing).unwrap() {
+                assert_eq!(&f[..], &body(*seq, max)[..], "connection {ud} frame {seq}");
+                *seq += 1;
+                *zero_copy += u32::from(f.is_zero_copy());
+            }
+            if !goes_on {
+                pool.publish();
+                common::push(
+                    &mut ring,
+                    &pool.recv_multishot(rx.as_raw_fd()).user_data(ud),
+                );
+            }
+        }
+        pool.publish();
+    }
+    for s in senders {
+        s.join().unwrap();
+    }
+    for (i, (_, framing, stream, seq, zero_copy)) in conns.iter_mut().enumerate() {
+        assert_eq!(*seq, frames, "connection {i}");
+        assert!(stream.next_frame(&mut **framing).unwrap().is_none());
+        eprintln!(
+            "connection {i}: {seq} frames, {zero_copy} zero copy, {} merges",
+            stream.merges()
+        );
+    }
 }
