@@ -619,3 +619,40 @@ fn forged_buffers_are_typed_errors() {
         libc::close(pw);
     }
 }
+
+#[test]
+fn registered_file_targets_work_too() {
+    let mut ring = require_uring!();
+    let Some((rx, tx)) = udp_pair("127.0.0.1:0") else {
+        return;
+    };
+    ring.submitter().register_files(&[rx.as_raw_fd()]).unwrap();
+    let mut pool = Pool::builder(12)
+        .count(8)
+        .buf_len(2048)
+        .build(&ring)
+        .unwrap();
+    let msg = RecvMsg::new(RecvMsg::INET6_NAME_LEN, CONTROL_LEN).unwrap();
+    let sqe = msg.multishot(&pool, bufring::Target::Fixed(0)).unwrap();
+    common::push(&mut ring, &sqe);
+    let from = tx.local_addr().unwrap();
+    for seq in 0..20 {
+        tx.send(&datagram(seq, size_of_datagram(seq, 1400)))
+            .unwrap();
+    }
+    let mut next = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while next < 8 && Instant::now() < deadline {
+        for (_, res, flags) in common::reap(&mut ring, Duration::from_millis(100)) {
+            match pool.complete(res, flags).unwrap() {
+                Completion::Data { chunk, .. } => {
+                    check(&msg.parse(chunk).unwrap(), next, 1400, from);
+                    next += 1;
+                }
+                Completion::NoBuffers => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!(next, 8, "one multishot fills the 8 buffers");
+}
