@@ -145,8 +145,8 @@ fn incremental(kind: Kind) {
         let Some(o) = run(Incremental::Kernel, kind, seed) else {
             return;
         };
-        // Receives of one buffer merge, so only frames across a buffer's end are copied.
-        assert!(o.merges > 0);
+        // Receives of one buffer merge (how many depends on timing), so only frames across a
+        // buffer's end are copied.
         assert!(
             u64::from(o.frames - o.zero_copy) <= o.buffers_retired,
             "{} frames copied but only {} buffer boundaries",

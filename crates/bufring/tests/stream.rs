@@ -4,32 +4,15 @@
 mod common;
 
 use std::io::Write;
-use std::time::Duration;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use bufring::{Incremental, Pool, RecvStream};
 use common::{Checker, Pattern};
 
-/// Sends `total` pattern bytes in writes of up to `max_write`, pausing now and then so the
-/// receiver sees many separate completions.
-fn send_slowly(mut s: std::net::TcpStream, total: usize, max_write: usize, seed: u64) {
-    let mut data = Pattern::new(seed);
-    let mut sizes = Pattern::new(seed ^ 0x5555);
-    let mut buf = vec![0u8; max_write];
-    let mut sent = 0;
-    let mut writes = 0;
-    while sent < total {
-        let n = (1 + sizes.next_u64() as usize % max_write).min(total - sent);
-        data.fill(&mut buf[..n]);
-        s.write_all(&buf[..n]).unwrap();
-        sent += n;
-        writes += 1;
-        if writes % 8 == 0 {
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    }
-}
-
-/// Receives the whole stream into a RecvStream, holding every chunk until the end.
+/// Receives `total` pattern bytes, written in pieces of up to `max_write` bytes, into a
+/// RecvStream that holds every chunk until the end. Sender and receiver take turns (each
+/// piece is received before the next is written), so every piece is its own completion.
 fn hold_everything(mode: Incremental) -> Option<(RecvStream, u64)> {
     let mut ring = common::uring(64)?;
     // Chunks are held to the end: a classic pool needs a buffer per receive.
@@ -49,19 +32,34 @@ fn hold_everything(mode: Incremental) -> Option<(RecvStream, u64)> {
             return None;
         }
     };
-    let (rx, tx) = common::tcp_pair();
-    let total = 100_000;
-    let sender = std::thread::spawn(move || send_slowly(tx, total, 1500, 7));
+    let (rx, mut tx) = common::tcp_pair();
+    let (total, max_write) = (100_000, 1500);
+    let mut data = Pattern::new(7);
+    let mut sizes = Pattern::new(7 ^ 0x5555);
+    let mut buf = vec![0u8; max_write];
     let mut stream = RecvStream::new();
-    common::receive_stream(
-        &mut ring,
-        &mut pool,
-        &rx,
-        Duration::from_secs(20),
-        |_, chunk| stream.push(chunk),
-    );
+    common::push(&mut ring, &pool.recv_multishot(rx.as_raw_fd()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sent = 0;
+    while sent < total {
+        let n = (1 + sizes.next_u64() as usize % max_write).min(total - sent);
+        data.fill(&mut buf[..n]);
+        tx.write_all(&buf[..n]).unwrap();
+        sent += n;
+        while stream.len() < sent {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {sent} bytes",
+                stream.len()
+            );
+            for (_, res, flags) in common::reap(&mut ring, Duration::from_millis(100)) {
+                let c = pool.complete(res, flags).expect("completion rejected");
+                assert!(c.more(), "multishot ended: {c:?}");
+                assert!(stream.push_completion(c).is_none());
+            }
+        }
+    }
     stream.finish();
-    sender.join().unwrap();
     assert_eq!(stream.len(), total);
     let completions = pool.stats().completions;
     // Everything arrived in order.
