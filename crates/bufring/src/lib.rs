@@ -62,3 +62,8 @@ pub use probe::{kernel_release, Probe};
 pub use recvmsg::{BadDatagram, ControlMessage, ControlMessages, Datagram, RecvMsg};
 pub use ring::{BufRing, BufRingBuilder, MAX_MMAP_BGID};
 pub use stream::RecvStream;
+
+/// The README's examples run as doctests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -122,6 +122,7 @@ impl PoolBuilder {
                 ),
             ));
         }
+        self.ring_builder().validate()?;
         let entries = self.entries();
         if (entries as usize) < self.count {
             return Err(Error::config(
@@ -132,7 +133,7 @@ impl PoolBuilder {
                 ),
             ));
         }
-        self.ring_builder().validate()
+        Ok(())
     }
 
     fn ring_builder(&self) -> crate::ring::BufRingBuilder {
