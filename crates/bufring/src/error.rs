@@ -202,6 +202,13 @@ pub enum Error {
     /// A completion that bufring refused to turn into data.
     #[error("inconsistent completion: {0}")]
     BadCompletion(BadCompletion),
+    /// A recvmsg multishot buffer whose layout does not hold together (see
+    /// [`BadDatagram`](crate::BadDatagram)); the datagram is dropped, the pool is unaffected.
+    #[error("malformed recvmsg completion: {0}")]
+    BadDatagram(crate::recvmsg::BadDatagram),
+    /// A receive stream broke its framing rules (see [`FrameError`](crate::FrameError)).
+    #[error("framing error: {0}")]
+    Frame(crate::frame::FrameError),
 }
 
 fn errno_hint(e: &io::Error) -> &'static str {
@@ -242,6 +249,18 @@ impl Error {
 impl From<BadCompletion> for Error {
     fn from(b: BadCompletion) -> Self {
         Error::BadCompletion(b)
+    }
+}
+
+impl From<crate::recvmsg::BadDatagram> for Error {
+    fn from(b: crate::recvmsg::BadDatagram) -> Self {
+        Error::BadDatagram(b)
+    }
+}
+
+impl From<crate::frame::FrameError> for Error {
+    fn from(e: crate::frame::FrameError) -> Self {
+        Error::Frame(e)
     }
 }
 

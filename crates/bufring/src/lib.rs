@@ -54,23 +54,29 @@ mod bundle;
 mod chunk;
 mod completion;
 mod error;
+mod frame;
 mod legacy;
 mod mem;
 mod ops;
 mod pool;
 mod probe;
+mod recvmsg;
 mod ring;
+mod stream;
 pub mod sys;
 
 pub use bundle::{Bundle, BundleCompletion, MAX_BUNDLE};
 pub use chunk::Chunk;
 pub use completion::{Completion, CqeFlags};
 pub use error::{BadCompletion, Error, Feature, Result};
+pub use frame::{Delimited, Frame, FrameError, Framing, LengthPrefixed, PrefixWidth};
 pub use mem::HugePages;
 pub use ops::Target;
 pub use pool::{Backend, Incremental, Pool, PoolBuilder, PoolStats};
 pub use probe::{kernel_release, Probe};
+pub use recvmsg::{BadDatagram, ControlMessage, ControlMessages, Datagram, RecvMsg};
 pub use ring::{BufRing, BufRingBuilder, MAX_MMAP_BGID};
+pub use stream::RecvStream;
 
 /// The README's examples run as doctests.
 #[doc = include_str!("../../../README.md")]
