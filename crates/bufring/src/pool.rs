@@ -545,23 +545,9 @@ impl Pool {
         }
     }
 
-    /// The ring underneath (head, available, entries).
-    ///
-    /// # Panics
-    /// On a legacy pool ([`Backend::Legacy`]), which has no ring: use
-    /// [`try_ring`](Self::try_ring) where the backend may be legacy.
-    pub fn ring(&self) -> &BufRing {
-        match self.try_ring() {
-            Some(r) => r,
-            None => panic!(
-                "Pool::ring on a legacy pool (bgid {}), which has no ring; use try_ring",
-                self.bgid()
-            ),
-        }
-    }
-
-    /// The ring underneath, or `None` for a legacy pool.
-    pub fn try_ring(&self) -> Option<&BufRing> {
+    /// The ring underneath (head, available, entries), or `None` for a legacy pool
+    /// ([`Backend::Legacy`]), which has no ring.
+    pub fn ring(&self) -> Option<&BufRing> {
         match &self.source {
             Source::Ring(r) => Some(r),
             Source::Legacy(_) => None,

@@ -95,7 +95,7 @@ fn kernel_allocated_ring_carries_data() {
         return;
     }
     let pool = stream_through(Incremental::Kernel, 16, 4096, 4 << 20, true);
-    assert!(pool.ring().is_kernel_allocated());
+    assert!(pool.ring().unwrap().is_kernel_allocated());
     assert_eq!(pool.stats().in_kernel, 16);
 }
 

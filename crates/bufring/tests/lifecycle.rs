@@ -210,8 +210,8 @@ fn head_and_available_follow_the_kernel() {
         .buf_len(1024)
         .build(&ring)
         .unwrap();
-    assert_eq!(pool.ring().available().unwrap(), 8);
-    assert_eq!(pool.ring().head().unwrap(), 0);
+    assert_eq!(pool.ring().unwrap().available().unwrap(), 8);
+    assert_eq!(pool.ring().unwrap().head().unwrap(), 0);
     let (rx, mut tx) = common::tcp_pair();
     let mut chunks = Vec::new();
     for i in 0..3u8 {
@@ -220,12 +220,12 @@ fn head_and_available_follow_the_kernel() {
         let (_, res, flags) = common::reap(&mut ring, Duration::from_secs(5))[0];
         chunks.push(pool.complete(res, flags).unwrap().into_chunk().unwrap());
     }
-    assert_eq!(pool.ring().head().unwrap(), 3);
-    assert_eq!(pool.ring().available().unwrap(), 5);
+    assert_eq!(pool.ring().unwrap().head().unwrap(), 3);
+    assert_eq!(pool.ring().unwrap().available().unwrap(), 5);
     chunks.clear();
     assert_eq!(pool.publish(), 3);
-    assert_eq!(pool.ring().available().unwrap(), 8);
-    assert_eq!(pool.ring().tail(), 11);
+    assert_eq!(pool.ring().unwrap().available().unwrap(), 8);
+    assert_eq!(pool.ring().unwrap().tail(), 11);
 }
 
 #[test]

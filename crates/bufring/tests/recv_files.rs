@@ -172,7 +172,7 @@ fn read_once(
 /// Where the kernel's entry for the current buffer starts, relative to `base` (the kernel's
 /// own view, to hold the pool's cursor against).
 fn kernel_cursor(pool: &Pool, base: u64) -> u64 {
-    let ring = pool.ring();
+    let ring = pool.ring().unwrap();
     ring.entry(ring.head().unwrap()).addr - base
 }
 

@@ -52,7 +52,7 @@ fn integrity(mode: Incremental, min_left: u32) {
     if mode == Incremental::Emulated {
         assert!(s.emulated_reposts > 0);
     }
-    assert_eq!(pool.shadow_head(), pool.ring().head().unwrap());
+    assert_eq!(pool.shadow_head(), pool.ring().unwrap().head().unwrap());
 }
 
 #[test]

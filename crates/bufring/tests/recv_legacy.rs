@@ -23,7 +23,7 @@ fn stream(mode: Incremental) {
     let mut ring = require_uring!();
     let mut pool = legacy(&ring, 7, mode);
     assert_eq!(pool.backend(), Backend::Legacy);
-    assert!(pool.try_ring().is_none());
+    assert!(pool.ring().is_none());
     let seen = recvkit::one_stream(&mut ring, &mut pool, 12 << 20, 48 * 1024, false, 5);
     let s = pool.stats();
     eprintln!("{mode:?}: {seen:?} {s:?}");
