@@ -85,10 +85,11 @@ wait_port "$NGINX"; wait_port "$IPERF"
 
 # ---- the proxies ------------------------------------------------------------------------
 # name port command...: each proxy gets a port in front of nginx and one in front of iperf.
-declare -A HTTP_PORT IPERF_PORT
+declare -A HTTP_PORT IPERF_PORT HTTP_PID
 start_proxy() {
     local name=$1 p=$2; shift 2
     "$@" --listen 127.0.0.1:$p --upstream 127.0.0.1:$NGINX 2>"$WORK/$name.http.err" & PIDS+=($!)
+    HTTP_PID[$name]=$!
     "$@" --listen 127.0.0.1:$((p + 1)) --upstream 127.0.0.1:$IPERF 2>"$WORK/$name.iperf.err" & PIDS+=($!)
     wait_port "$p"; wait_port $((p + 1))
     HTTP_PORT[$name]=$p; IPERF_PORT[$name]=$((p + 1))
@@ -112,23 +113,35 @@ v=sys.argv[1]; m=re.match(r'([0-9.]+)(us|ms|s)',v); x=float(m.group(1))
 print('%.3f' % (x/1000 if m.group(2)=='us' else x*1000 if m.group(2)=='s' else x))" "$1"
 }
 median() { python3 -c "import sys,statistics; v=[float(x) for x in sys.argv[1:] if x]; print(('%.2f' % statistics.median(v)) if v else '')" "$@"; }
-declare -A RPS_ALL P50_ALL P99_ALL
+# CPU time (user + system) a process has used, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+declare -A RPS_ALL P50_ALL P99_ALL CPU_ALL CPU
 echo "== wrk -t2 -c$CONNS -d${DUR}s, 1 KiB file, $ROUNDS round(s)"
 for r in $(seq "$ROUNDS"); do
     for t in "${TARGETS[@]}"; do
+        pid=${HTTP_PID[$t]:-}
+        [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
         out=$(wrk -t2 -c"$CONNS" -d"${DUR}s" --latency "http://127.0.0.1:${HTTP_PORT[$t]}/1k.bin")
+        us=""
+        if [ -n "$pid" ]; then
+            # The proxy's CPU per request: steadier than req/s when other work shares the cores.
+            c1=$(cpu_ticks "$pid"); n=$(awk '/requests in/ {print $1}' <<<"$out")
+            us=$(python3 -c "print('%.1f' % (($c1 - $c0) * 1e6 / $(getconf CLK_TCK) / max(1, $n)))")
+        fi
         if grep -qE "Non-2xx|Socket errors" <<<"$out"; then
             echo "  $t: errors: $(grep -E 'Non-2xx|Socket errors' <<<"$out")"
         fi
         rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
         p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")
         p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
-        RPS_ALL[$t]+=" $rps"; P50_ALL[$t]+=" $p50"; P99_ALL[$t]+=" $p99"
-        printf "  round %d %-16s %10s req/s  p50 %7s ms  p99 %7s ms\n" "$r" "$t" "$rps" "$p50" "$p99"
+        RPS_ALL[$t]+=" $rps"; P50_ALL[$t]+=" $p50"; P99_ALL[$t]+=" $p99"; CPU_ALL[$t]+=" $us"
+        printf "  round %d %-16s %10s req/s  p50 %7s ms  p99 %7s ms  proxy CPU %6s us/request\n" \
+            "$r" "$t" "$rps" "$p50" "$p99" "${us:--}"
     done
 done
 for t in "${TARGETS[@]}"; do
     RPS[$t]=$(median ${RPS_ALL[$t]}); P50[$t]=$(median ${P50_ALL[$t]}); P99[$t]=$(median ${P99_ALL[$t]})
+    CPU[$t]=$(median ${CPU_ALL[$t]:-})
 done
 
 # ---- iperf --------------------------------------------------------------------------------
@@ -207,14 +220,15 @@ for t in bufring-inc bufring-classic tokio-8k tokio-64k; do
 done
 
 # ---- summary ----------------------------------------------------------------------------
-ratio() { python3 -c "a,b=float('$1' or 0),float('$2' or 0); print('%.2f' % (a/b) if b else 'n/a')"; }
+ratio() { python3 -c "a,b=float('$1' or 0),float('$2' or 0); print('%.2f' % (a/b) if a and b else 'n/a')"; }
 echo
 echo "== summary: medians of $ROUNDS round(s); ratios to direct and to tokio-64k (tokio-64k-1t for the -1t rows)"
-printf "  %-16s %10s %7s %7s %8s %9s %9s %9s %9s %9s %9s\n" target req/s p50ms p99ms "x tokio" "1s Gb/s" "x direct" "x tokio" "4s Gb/s" "x direct" "x tokio"
+printf "  %-16s %10s %7s %7s %8s %8s %8s %9s %9s %9s %9s %9s %9s\n" target req/s p50ms p99ms "x tokio" "us/req" "x tokio" "1s Gb/s" "x direct" "x tokio" "4s Gb/s" "x direct" "x tokio"
 for t in "${TARGETS[@]}"; do
     base=tokio-64k; [[ $t == *-1t ]] && base=tokio-64k-1t
-    printf "  %-16s %10s %7s %7s %8s %9s %9s %9s %9s %9s %9s\n" "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" \
-        "$(ratio "${RPS[$t]}" "${RPS[$base]}")" "${GB1[$t]}" "$(ratio "${GB1[$t]}" "${GB1[direct]}")" \
+    printf "  %-16s %10s %7s %7s %8s %8s %8s %9s %9s %9s %9s %9s %9s\n" "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" \
+        "$(ratio "${RPS[$t]}" "${RPS[$base]}")" "${CPU[$t]:--}" "$(ratio "${CPU[$t]:-}" "${CPU[$base]}")" \
+        "${GB1[$t]}" "$(ratio "${GB1[$t]}" "${GB1[direct]}")" \
         "$(ratio "${GB1[$t]}" "${GB1[$base]}")" "${GB4[$t]}" "$(ratio "${GB4[$t]}" "${GB4[direct]}")" \
         "$(ratio "${GB4[$t]}" "${GB4[$base]}")"
 done
