@@ -100,6 +100,8 @@ pub struct Worker {
     draining: Option<Instant>,
     forced: bool,
     cqes: Vec<(u64, i32, u32)>,
+    /// SQEs the kernel could not take yet (see `push`).
+    backlog: VecDeque<squeue::Entry>,
     stats: ThreadStats,
 }
 
@@ -142,6 +144,7 @@ impl Worker {
             draining: None,
             forced: false,
             cqes: Vec::with_capacity(CQ_ENTRIES as usize),
+            backlog: VecDeque::new(),
             stats: ThreadStats::default(),
         })
     }
@@ -156,6 +159,7 @@ impl Worker {
             self.submit_and_wait()?;
             self.reap();
             self.after_batch();
+            self.flush_backlog();
             if let Some(deadline) = self.draining {
                 if !self.forced && Instant::now() >= deadline {
                     self.close_all();
@@ -193,24 +197,43 @@ impl Worker {
         }
     }
 
-    /// Queues an SQE, submitting first if the queue is full.
+    /// Queues an SQE, submitting first if the queue is full. If the kernel will not take
+    /// submissions yet (EBUSY: completions wait in the overflow list), the SQE waits in
+    /// `backlog`, and so does every later one, to keep their order; the loop moves them on
+    /// after reaping. Handlers are never re-entered from here.
     ///
     /// # Safety
     /// Whatever the entry points at (pool, chunk, batch, address, control word) stays valid
     /// until its final completion.
     unsafe fn push(&mut self, e: &squeue::Entry) {
-        loop {
-            // SAFETY: passed on from the caller.
-            if unsafe { self.ring.submission().push(e) }.is_ok() {
-                return;
-            }
-            if let Err(err) = self.ring.submit() {
-                if !matches!(err.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) {
-                    panic!("io_uring_enter failed while the submission queue was full: {err}");
+        if self.backlog.is_empty() {
+            loop {
+                // SAFETY: passed on from the caller.
+                if unsafe { self.ring.submission().push(e) }.is_ok() {
+                    return;
                 }
-                // EBUSY: the CQ overflowed; reap to make room, the completions are kept.
-                self.reap();
+                match self.ring.submit() {
+                    Ok(_) => {}
+                    Err(err) if err.raw_os_error() == Some(libc::EINTR) => {}
+                    Err(err) if err.raw_os_error() == Some(libc::EBUSY) => break,
+                    Err(err) => panic!("io_uring_enter failed with a full submission queue: {err}"),
+                }
             }
+        }
+        self.backlog.push_back(e.clone());
+    }
+
+    /// Moves SQEs that waited in `backlog` into the submission queue, in order.
+    fn flush_backlog(&mut self) {
+        while let Some(e) = self.backlog.front() {
+            // SAFETY: the entry was vouched for when it was pushed (see `push`).
+            if unsafe { self.ring.submission().push(e) }.is_err() {
+                if self.ring.submit().is_err() {
+                    return;
+                }
+                continue;
+            }
+            self.backlog.pop_front();
         }
     }
 
