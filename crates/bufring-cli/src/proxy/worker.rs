@@ -543,7 +543,10 @@ impl Worker {
         let conn = self.slots[idx as usize].as_mut().expect("live connection");
         conn.dirs[d].recv = Recv::Armed;
         conn.inflight += 1;
-        let room = self.max_unsent.saturating_sub(conn.dirs[d].queued).max(1);
+        let room = self
+            .max_unsent
+            .saturating_sub(conn.dirs[d].queued)
+            .clamp(1, u32::MAX as usize);
         let e = if conn.dirs[d].throttled {
             self.pool.recv(conn.src(d))
         } else if self.mshot_cap {
