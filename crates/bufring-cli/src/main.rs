@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod probe;
 mod proxy;
+mod proxy_tokio;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,9 @@ enum Cmd {
     Bench(bench::Args),
     /// A TCP proxy built on provided buffers.
     Proxy(proxy::Args),
+    /// The tokio copy_bidirectional proxy the proxy benchmark compares against.
+    #[command(hide = true)]
+    ProxyTokio(proxy_tokio::Args),
 }
 
 fn main() {
@@ -37,6 +41,7 @@ fn main() {
         Cmd::Demo(a) => demo::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Proxy(a) => proxy::run(a),
+        Cmd::ProxyTokio(a) => proxy_tokio::run(a),
     };
     if let Err(e) = r {
         eprintln!("bufring: {e}");

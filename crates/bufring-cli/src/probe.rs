@@ -31,6 +31,11 @@ pub fn run(args: Args) -> crate::CliResult {
         ),
         ("pbuf_status", p.pbuf_status, "PBUF_STATUS head query (6.8)"),
         ("bundles", p.bundles, "receive bundles (6.10)"),
+        (
+            "incremental_bundles",
+            p.incremental_bundles,
+            "bundles on incremental rings (6.15)",
+        ),
         ("read_multishot", p.read_multishot, "multishot read (6.7)"),
     ];
     if args.json {

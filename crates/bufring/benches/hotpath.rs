@@ -47,7 +47,12 @@ impl Sim {
     /// The kernel's side: the next completion.
     #[inline]
     fn cqe(&mut self) -> (i32, u32) {
-        let bid = self.pool.ring().entry(self.head).bid;
+        let bid = self
+            .pool
+            .ring()
+            .expect("a buffer ring")
+            .entry(self.head)
+            .bid;
         self.k += 1;
         let last = self.k == self.pieces;
         if last {

@@ -109,7 +109,10 @@ pub fn pool_loop(pieces: u32, n: u64, batch: u32) -> BenchResult<(Duration, u64)
     let t0 = Instant::now();
     for _ in 0..n {
         // The kernel's side, fabricated: the buffer at head, one piece of it.
-        let bid = pool.ring().entry(head).bid;
+        let Some(ring) = pool.ring() else {
+            return Err("the pool has no buffer ring".into());
+        };
+        let bid = ring.entry(head).bid;
         k += 1;
         let last = k == pieces;
         if last {
