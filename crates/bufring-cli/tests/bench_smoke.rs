@@ -71,6 +71,8 @@ fn stream_reports_every_contender() {
         "pool-inc-64K",
         "pool-inc-256K",
         "pool-inc-1M",
+        "pool-inc-bundle-256K",
+        "pool-emulated-256K",
     ];
     let c = [
         "liburing-c",

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use bufring::{Completion, Incremental, Pool};
+use bufring::{BundleCompletion, Completion, Incremental, Pool};
 use io_uring::{opcode, types, IoUring};
 
 use super::{c, interleave, size_name, sys, BenchResult, Common, Contender, Figure, Scenario};
@@ -63,10 +63,12 @@ enum Recv {
     UringFixed,
     /// Hand-written C against liburing: the same multishot recv on a provided buffer ring.
     LiburingC { incremental: bool, buf_len: usize },
-    /// bufring's pool with multishot recv.
-    Pool { mode: Incremental, buf_len: usize },
-    // `pool-inc-bundle` and `pool-emulated` go here (a variant, its name and a `Pool`-like
-    // arm in `receive`) once bundles and Incremental::Emulated land.
+    /// bufring's pool with multishot recv (`bundle`: multishot bundle recv).
+    Pool {
+        mode: Incremental,
+        buf_len: usize,
+        bundle: bool,
+    },
 }
 
 impl Recv {
@@ -83,10 +85,19 @@ impl Recv {
                 buf_len,
             } => format!("liburing-c-inc-{}", size_name(buf_len)),
             Recv::Pool {
-                mode: Incremental::Off,
-                ..
-            } => "pool".into(),
-            Recv::Pool { buf_len, .. } => format!("pool-inc-{}", size_name(buf_len)),
+                mode,
+                buf_len,
+                bundle,
+            } => {
+                let mode = match mode {
+                    Incremental::Off => return "pool".into(),
+                    Incremental::Kernel if bundle => "inc-bundle",
+                    Incremental::Kernel => "inc",
+                    Incremental::Emulated => "emulated",
+                    _ => "auto",
+                };
+                format!("pool-{mode}-{}", size_name(buf_len))
+            }
         }
     }
 
@@ -299,9 +310,13 @@ fn receive(
             enobufs = out.enobufs;
             (cpu0, out.bytes, out.ops)
         }
-        Recv::Pool { mode, buf_len } => {
+        Recv::Pool {
+            mode,
+            buf_len,
+            bundle,
+        } => {
             let count = (pool_mem / buf_len).max(1);
-            let (cpu0, b, o, e) = pool_receive(&fds, mode, buf_len, count, go)?;
+            let (cpu0, b, o, e) = pool_receive(&fds, mode, buf_len, count, bundle, go)?;
             enobufs = e;
             (cpu0, b, o)
         }
@@ -442,6 +457,7 @@ fn pool_receive(
     mode: Incremental,
     buf_len: usize,
     count: usize,
+    bundle: bool,
     go: &mut dyn FnMut() -> (f64, Instant),
 ) -> BenchResult<(f64, u64, u64, u64)> {
     let mut ring = IoUring::new(256)?;
@@ -450,17 +466,21 @@ fn pool_receive(
         .buf_len(buf_len)
         .incremental(mode)
         .build(&ring)?;
+    let arm = |pool: &Pool, fd: RawFd, i: usize| {
+        if bundle {
+            pool.recv_multishot_bundle(fd).user_data(i as u64)
+        } else {
+            pool.recv_multishot(fd).user_data(i as u64)
+        }
+    };
     for (i, &fd) in fds.iter().enumerate() {
         // SAFETY: the pool outlives every request (forgotten below if one may still be active).
-        unsafe {
-            ring.submission()
-                .push(&pool.recv_multishot(fd).user_data(i as u64))?
-        };
+        unsafe { ring.submission().push(&arm(&pool, fd, i))? };
     }
     let (cpu0, _) = go();
     let deadline = Instant::now() + RUN_TIMEOUT;
     let mut open = fds.len();
-    let (mut bytes, mut enobufs) = (0u64, 0u64);
+    let (mut bytes, mut enobufs, mut ops) = (0u64, 0u64, 0u64);
     let mut rearm = Vec::with_capacity(fds.len());
     let r: BenchResult<()> = (|| {
         while open > 0 {
@@ -470,8 +490,27 @@ fn pool_receive(
             wait(&mut ring)?;
             for cqe in ring.completion() {
                 let i = cqe.user_data() as usize;
+                if bundle {
+                    match pool.complete_bundle(cqe.result(), cqe.flags())? {
+                        BundleCompletion::Data { chunks, more } => {
+                            ops += 1;
+                            bytes += chunks.map(|c| c.len() as u64).sum::<u64>();
+                            if !more {
+                                rearm.push(i);
+                            }
+                        }
+                        BundleCompletion::EndOfStream => open -= 1,
+                        BundleCompletion::NoBuffers => {
+                            enobufs += 1;
+                            rearm.push(i);
+                        }
+                        BundleCompletion::Failed(e) => return Err(e.into()),
+                    }
+                    continue;
+                }
                 match pool.complete(cqe.result(), cqe.flags())? {
                     Completion::Data { chunk, more } => {
+                        ops += 1;
                         bytes += chunk.len() as u64;
                         if !more {
                             rearm.push(i);
@@ -487,7 +526,7 @@ fn pool_receive(
             }
             pool.publish();
             for i in rearm.drain(..) {
-                let e = pool.recv_multishot(fds[i]).user_data(i as u64);
+                let e = arm(&pool, fds[i], i);
                 // SAFETY: as above.
                 unsafe { ring.submission().push(&e)? };
             }
@@ -499,7 +538,6 @@ fn pool_receive(
         std::mem::forget(ring);
         return Err(e);
     }
-    let ops = pool.stats().completions;
     Ok((cpu0, bytes, ops, enobufs))
 }
 
@@ -541,13 +579,26 @@ pub fn run(args: &Args, common: &Common) -> BenchResult<Vec<Scenario>> {
     recvs.push(Recv::Pool {
         mode: Incremental::Off,
         buf_len: 64 * KIB,
+        bundle: false,
     });
     for buf_len in [64 * KIB, 256 * KIB, MIB] {
         recvs.push(Recv::Pool {
             mode: Incremental::Kernel,
             buf_len,
+            bundle: false,
         });
     }
+    // Bundles and emulated incremental consumption, at the size that did best above.
+    recvs.push(Recv::Pool {
+        mode: Incremental::Kernel,
+        buf_len: 256 * KIB,
+        bundle: true,
+    });
+    recvs.push(Recv::Pool {
+        mode: Incremental::Emulated,
+        buf_len: 256 * KIB,
+        bundle: false,
+    });
     recvs.retain(|r| common.wants(&r.name()));
     skipped.retain(|(n, _)| common.wants(n));
     let mut out = Vec::new();
