@@ -602,6 +602,7 @@ impl Pool {
     /// Writes an entry for the part of buffer `bid` from `offset` on at the next free slot
     /// (not yet published), and remembers where it went. The caller has given the kernel its
     /// reference.
+    #[inline]
     pub(crate) fn post_entry(&mut self, bid: u16, offset: u32) {
         let i = bid as usize;
         self.cursor[i] = offset;
@@ -799,6 +800,7 @@ impl Pool {
     /// posts the rest (emulation) or retires the buffer. `final_piece` says whether this is the
     /// last buffer the completion touched (F_BUF_MORE applies to it alone). Returns whether the
     /// buffer was retired (its chunk is the last one).
+    #[inline]
     pub(crate) fn settle(&mut self, p: Piece, final_piece: bool, buf_more: bool) -> bool {
         let i = p.bid as usize;
         let end = p.offset + p.consumed;
