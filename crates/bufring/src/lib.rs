@@ -42,6 +42,8 @@ mod chunk;
 mod completion;
 mod error;
 mod mem;
+#[cfg(feature = "model")]
+pub mod model;
 mod ops;
 mod pool;
 mod probe;

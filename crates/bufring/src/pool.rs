@@ -146,11 +146,16 @@ impl PoolBuilder {
     /// buffer.
     pub fn build(self, ring: &impl AsRawFd) -> Result<Pool> {
         self.validate()?;
+        let region = Mmap::anonymous(self.count * self.buf_len, self.huge_pages)?;
+        let ring = self.ring_builder().register(ring)?;
+        Ok(self.build_on(region, ring))
+    }
+
+    /// The rest of [`build`](Self::build), on a validated configuration, once the ring exists.
+    fn build_on(self, region: Mmap, ring: BufRing) -> Pool {
         let buf_len = self.buf_len as u32;
         let count = self.count as u32;
-        let region = Mmap::anonymous(self.count * self.buf_len, self.huge_pages)?;
         let shared = Arc::new(Shared::new(region, buf_len, count));
-        let ring = self.ring_builder().register(ring)?;
         let mut pool = Pool {
             ring,
             shared,
@@ -167,7 +172,7 @@ impl PoolBuilder {
             pool.post(bid);
         }
         pool.publish();
-        Ok(pool)
+        pool
     }
 }
 
@@ -438,3 +443,7 @@ impl Pool {
         Err(Error::BadCompletion(why))
     }
 }
+
+// Pools on ring memory that no kernel reads, for the kernel model (tests only).
+#[cfg(feature = "model")]
+mod detached;

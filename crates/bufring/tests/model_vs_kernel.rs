@@ -1,0 +1,443 @@
+//! The kernel model against the running kernel: the same scripts (writes of given sizes on a
+//! TCP pair on loopback, multishot receives, refills, end of stream) run on both, and the CQE
+//! sequences (res, bid, F_MORE, F_BUF_MORE) and the ring entries the kernel holds afterwards
+//! must be the same, step by step.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use bufring::model::{Cqe, KernelModel, ModelSocket, RecvKind};
+use bufring::{Chunk, Completion, Incremental, Pool, PoolBuilder};
+use io_uring::{opcode, types, IoUring};
+
+/// One step of a script.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// The peer writes this many bytes (of the checked pattern).
+    Write(usize),
+    /// Submit a multishot receive (bundle: a multishot bundle receive).
+    Arm(RecvKind),
+    /// Drop the `n` oldest chunks and publish.
+    Refill(usize),
+    /// The peer shuts down its sending side.
+    Shutdown,
+}
+use Step::*;
+
+const MS: Step = Arm(RecvKind::Multishot);
+const BUNDLE: Step = Arm(RecvKind::Bundle);
+
+/// What a step produced: the CQEs, and the entries the kernel holds afterwards as
+/// (bid, offset into the buffer, len).
+type Observed = (Vec<(i32, Option<u16>, bool, bool)>, Vec<(u16, u64, u32)>);
+
+/// A world in which a script runs: the kernel, or the model.
+trait World {
+    fn step(&mut self, step: Step) -> Vec<Cqe>;
+    fn posted(&self) -> Vec<(u16, u64, u32)>;
+    fn pool(&mut self) -> &mut Pool;
+}
+
+struct Kernel {
+    ring: IoUring,
+    pool: Pool,
+    rx: TcpStream,
+    tx: TcpStream,
+    armed: bool,
+    outstanding: usize,
+    addrs: Vec<u64>,
+}
+
+impl Kernel {
+    fn new(builder: PoolBuilder) -> Option<Kernel> {
+        let ring = common::uring(64)?;
+        let pool = builder.build(&ring).expect("pool on the kernel");
+        let (rx, tx) = common::tcp_pair();
+        let addrs = buffer_addrs(&pool);
+        Some(Kernel {
+            ring,
+            pool,
+            rx,
+            tx,
+            armed: false,
+            outstanding: 0,
+            addrs,
+        })
+    }
+
+    /// Collects CQEs until the kernel has nothing more to say: all written bytes received or
+    /// the request ended, and then 30 ms of quiet (to catch CQEs the model did not predict).
+    fn settle(&mut self) -> Vec<Cqe> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut out = Vec::new();
+        loop {
+            let done = !self.armed || self.outstanding == 0;
+            let wait = if done { 30 } else { 1000 };
+            let cqes = common::reap(&mut self.ring, Duration::from_millis(wait));
+            if cqes.is_empty() && done {
+                return out;
+            }
+            assert!(Instant::now() < deadline, "kernel did not settle: {out:?}");
+            for (_, res, flags) in cqes {
+                let cqe = Cqe { res, flags };
+                if !bufring::CqeFlags(flags).more() {
+                    self.armed = false;
+                }
+                if res > 0 {
+                    self.outstanding -= res as usize;
+                }
+                out.push(cqe);
+            }
+        }
+    }
+}
+
+impl World for Kernel {
+    fn step(&mut self, step: Step) -> Vec<Cqe> {
+        match step {
+            Write(n) => {
+                self.tx.write_all(&pattern(n)).unwrap();
+                self.outstanding += n;
+            }
+            Arm(kind) => {
+                let fd = self.rx.as_raw_fd();
+                let sqe = match kind {
+                    RecvKind::Multishot => self.pool.recv_multishot(fd),
+                    RecvKind::Bundle => {
+                        opcode::RecvMultiBundle::new(types::Fd(fd), self.pool.bgid()).build()
+                    }
+                };
+                common::push(&mut self.ring, &sqe);
+                self.armed = true;
+            }
+            Refill(_) => {}
+            Shutdown => self.tx.shutdown(std::net::Shutdown::Write).unwrap(),
+        }
+        self.settle()
+    }
+
+    fn posted(&self) -> Vec<(u16, u64, u32)> {
+        let ring = self.pool.ring();
+        let head = ring.head().expect("PBUF_STATUS");
+        let n = ring.tail().wrapping_sub(head);
+        (0..n)
+            .map(|i| {
+                let e = ring.entry(head.wrapping_add(i));
+                (e.bid, e.addr - self.addrs[e.bid as usize], e.len)
+            })
+            .collect()
+    }
+
+    fn pool(&mut self) -> &mut Pool {
+        &mut self.pool
+    }
+}
+
+struct Model {
+    model: KernelModel,
+    pool: Pool,
+    sock: ModelSocket,
+}
+
+impl World for Model {
+    fn step(&mut self, step: Step) -> Vec<Cqe> {
+        match step {
+            Write(n) => self.sock.write(&pattern(n)),
+            Arm(kind) => self.sock.arm(kind),
+            Refill(_) => {}
+            Shutdown => self.sock.shutdown(),
+        }
+        self.model.run(&mut self.sock).expect("model")
+    }
+
+    fn posted(&self) -> Vec<(u16, u64, u32)> {
+        let ring = self.model.ring();
+        self.model
+            .posted()
+            .into_iter()
+            .map(|(_, e)| (e.bid, e.addr - ring.buf_addr(e.bid), e.len))
+            .collect()
+    }
+
+    fn pool(&mut self) -> &mut Pool {
+        &mut self.pool
+    }
+}
+
+/// Buffer base addresses, from the pool's initial ring entries (all posted, in bid order).
+fn buffer_addrs(pool: &Pool) -> Vec<u64> {
+    (0..pool.count() as u16)
+        .map(|i| {
+            pool.ring()
+                .entry(
+                    pool.ring()
+                        .tail()
+                        .wrapping_sub(pool.count() as u16)
+                        .wrapping_add(i),
+                )
+                .addr
+        })
+        .collect()
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+/// Runs `script` in `world`; completions go through the pool (unless `raw`), chunks are kept
+/// until a refill drops them.
+fn play(world: &mut dyn World, script: &[Step], raw: bool) -> Vec<Observed> {
+    let mut held: VecDeque<Chunk> = VecDeque::new();
+    let mut seen = Vec::new();
+    for &step in script {
+        if let Refill(n) = step {
+            for _ in 0..n.min(held.len()) {
+                held.pop_front();
+            }
+            world.pool().publish();
+        }
+        let cqes = world.step(step);
+        if !raw {
+            for c in &cqes {
+                match world.pool().complete(c.res, c.flags).expect("CQE rejected") {
+                    Completion::Data { chunk, .. } => held.push_back(chunk),
+                    Completion::NoBuffers | Completion::EndOfStream => {}
+                    Completion::Failed(e) => panic!("receive failed: {e}"),
+                }
+            }
+        }
+        seen.push((cqes.iter().map(|c| c.key()).collect(), world.posted()));
+    }
+    seen
+}
+
+/// Runs a script on both worlds and compares them step by step.
+fn differential(name: &str, builder: PoolBuilder, script: &[Step]) {
+    let raw = script.iter().any(|s| matches!(s, Arm(RecvKind::Bundle)));
+    let Some(mut kernel) = Kernel::new(builder.clone()) else {
+        return;
+    };
+    let (pool, ring) = builder.build_detached().unwrap();
+    let mut model = Model {
+        model: KernelModel::new(ring),
+        pool,
+        sock: ModelSocket::new(),
+    };
+    let k = play(&mut kernel, script, raw);
+    let m = play(&mut model, script, raw);
+    for (i, ((kc, kp), (mc, mp))) in k.iter().zip(&m).enumerate() {
+        assert_eq!(
+            kc, mc,
+            "{name}: step {i} ({:?}): CQEs differ (left: kernel, right: model)",
+            script[i]
+        );
+        assert_eq!(
+            kp, mp,
+            "{name}: step {i} ({:?}): posted entries differ (left: kernel, right: model)",
+            script[i]
+        );
+    }
+}
+
+fn pool(count: usize, buf_len: usize, inc: bool) -> PoolBuilder {
+    Pool::builder(3)
+        .count(count)
+        .buf_len(buf_len)
+        .incremental(if inc {
+            Incremental::Kernel
+        } else {
+            Incremental::Off
+        })
+}
+
+fn both(name: &str, count: usize, buf_len: usize, script: &[Step]) {
+    differential(
+        &format!("{name} (classic)"),
+        pool(count, buf_len, false),
+        script,
+    );
+    differential(
+        &format!("{name} (incremental)"),
+        pool(count, buf_len, true),
+        script,
+    );
+}
+
+#[test]
+fn demo_sequence() {
+    both(
+        "demo",
+        2,
+        32 * 1024,
+        &[
+            MS,
+            Write(4096),
+            Write(8192),
+            Refill(2),
+            Write(20480),
+            Refill(1),
+            Write(4096),
+        ],
+    );
+}
+
+#[test]
+fn writes_larger_than_a_buffer() {
+    both(
+        "large writes",
+        4,
+        1000,
+        &[
+            MS,
+            Write(2500),
+            Refill(3),
+            Write(1700),
+            Refill(8),
+            Write(999),
+            Write(1),
+        ],
+    );
+}
+
+#[test]
+fn exhaustion_gives_enobufs_and_rearm_delivers_the_rest() {
+    both(
+        "exhaustion",
+        2,
+        100,
+        &[
+            MS,
+            Write(150),
+            Write(150),
+            Refill(8),
+            MS,
+            Write(250),
+            Refill(8),
+            MS,
+        ],
+    );
+}
+
+#[test]
+fn arming_on_an_empty_ring() {
+    both(
+        "arm on empty",
+        1,
+        64,
+        &[MS, Write(64), Write(1), MS, Refill(1), MS, Write(1)],
+    );
+}
+
+#[test]
+fn end_of_stream() {
+    both("eof", 4, 100, &[MS, Write(10), Shutdown, MS]);
+}
+
+#[test]
+fn end_of_stream_on_an_empty_ring() {
+    both(
+        "eof, empty ring",
+        1,
+        100,
+        &[MS, Write(100), Shutdown, Refill(1), MS],
+    );
+}
+
+#[test]
+fn exact_fill_retires_the_buffer() {
+    both(
+        "exact fill",
+        2,
+        512,
+        &[
+            MS,
+            Write(256),
+            Write(256),
+            Write(512),
+            Refill(4),
+            Write(300),
+            Write(300),
+        ],
+    );
+}
+
+#[test]
+fn min_left_retires_a_small_tail() {
+    let script = [
+        MS,
+        Write(600),
+        Write(200),
+        Write(700),
+        Write(250),
+        Refill(8),
+        Write(1000),
+        Write(1),
+    ];
+    for min_left in [1, 300, 1000] {
+        differential(
+            &format!("min_left {min_left}"),
+            pool(2, 1000, true).min_left(min_left),
+            &script,
+        );
+    }
+}
+
+#[test]
+fn bundles() {
+    both(
+        "bundle",
+        8,
+        100,
+        &[BUNDLE, Write(50), Write(450), Write(100)],
+    );
+    both(
+        "bundle, big first write",
+        8,
+        100,
+        &[BUNDLE, Write(450), Write(120)],
+    );
+    both(
+        "bundle, all buffers",
+        4,
+        100,
+        &[BUNDLE, Write(120), Write(500)],
+    );
+    both("bundle, three", 3, 100, &[BUNDLE, Write(120), Write(500)]);
+    both("bundle, one buffer", 1, 100, &[BUNDLE, Write(50)]);
+    both(
+        "bundle, small writes",
+        8,
+        100,
+        &[BUNDLE, Write(50), Write(50), Write(50)],
+    );
+    both(
+        "bundle, append",
+        16,
+        100,
+        &[BUNDLE, Write(1000), Write(1000)],
+    );
+    both(
+        "bundle, grown iovecs",
+        64,
+        100,
+        &[BUNDLE, Write(1000), Write(1000), Write(30), Write(2000)],
+    );
+    both(
+        "bundle, odd sizes",
+        32,
+        100,
+        &[
+            BUNDLE,
+            Write(1),
+            Write(199),
+            Write(301),
+            Write(77),
+            Write(1234),
+        ],
+    );
+}
