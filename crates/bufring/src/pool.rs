@@ -367,7 +367,9 @@ impl Pool {
                     self.stats.enobufs += 1;
                     Ok(Completion::NoBuffers)
                 }
-                r if r < 0 => Ok(Completion::Failed(io::Error::from_raw_os_error(-r))),
+                r if r < 0 => Ok(Completion::Failed(io::Error::from_raw_os_error(
+                    r.wrapping_neg(),
+                ))),
                 r => self.reject(BadCompletion::DataWithoutBuffer { res: r }),
             };
         };
@@ -418,7 +420,7 @@ impl Pool {
             }
             return Ok(match result {
                 0 => Completion::EndOfStream,
-                r => Completion::Failed(io::Error::from_raw_os_error(-r)),
+                r => Completion::Failed(io::Error::from_raw_os_error(r.wrapping_neg())),
             });
         }
         if !retired {
