@@ -4,8 +4,14 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+
+// The return path runs on loom's atomics under `--cfg loom`, so loom can check every
+// interleaving of it (src/chunk/loom_tests.rs; see CONTRIBUTING.md).
+#[cfg(loom)]
+use loom::sync::atomic::{fence, AtomicU32, Ordering};
+#[cfg(not(loom))]
+use std::sync::atomic::{fence, AtomicU32, Ordering};
 
 use crate::mem::Mmap;
 
@@ -61,7 +67,7 @@ impl Shared {
             return;
         }
         // Every other holder's reads of the buffer happen before it is handed back.
-        std::sync::atomic::fence(Ordering::Acquire);
+        fence(Ordering::Acquire);
         let mut top = self.returns.load(Ordering::Relaxed);
         loop {
             self.next[bid as usize].store(top, Ordering::Relaxed);
@@ -286,3 +292,6 @@ impl fmt::Debug for Chunk {
             .finish()
     }
 }
+
+#[cfg(all(test, loom))]
+mod loom_tests;
