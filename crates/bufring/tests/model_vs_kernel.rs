@@ -22,6 +22,8 @@ enum Step {
     Write(usize),
     /// Submit a multishot receive (bundle: a multishot bundle receive).
     Arm(RecvKind),
+    /// Submit one if the last one ended.
+    Rearm(RecvKind),
     /// Drop the `n` oldest chunks and publish.
     Refill(usize),
     /// The peer shuts down its sending side.
@@ -38,6 +40,7 @@ type Observed = (Vec<(i32, Option<u16>, bool, bool)>, Vec<(u16, u64, u32)>);
 
 /// A world in which a script runs: the kernel, or the model.
 trait World {
+    fn armed(&self) -> bool;
     fn step(&mut self, step: Step) -> Vec<Cqe>;
     fn posted(&self) -> Vec<(u16, u64, u32)>;
     fn pool(&mut self) -> &mut Pool;
@@ -98,7 +101,16 @@ impl Kernel {
 }
 
 impl World for Kernel {
+    fn armed(&self) -> bool {
+        self.armed
+    }
+
     fn step(&mut self, step: Step) -> Vec<Cqe> {
+        let step = match step {
+            Rearm(kind) if !self.armed => Arm(kind),
+            Rearm(_) => Refill(0),
+            s => s,
+        };
         match step {
             Write(n) => {
                 self.tx.write_all(&pattern(n)).unwrap();
@@ -115,7 +127,7 @@ impl World for Kernel {
                 common::push(&mut self.ring, &sqe);
                 self.armed = true;
             }
-            Refill(_) => {}
+            Refill(_) | Rearm(_) => {}
             Shutdown => self.tx.shutdown(std::net::Shutdown::Write).unwrap(),
         }
         self.settle()
@@ -145,11 +157,16 @@ struct Model {
 }
 
 impl World for Model {
+    fn armed(&self) -> bool {
+        self.sock.armed().is_some()
+    }
+
     fn step(&mut self, step: Step) -> Vec<Cqe> {
         match step {
             Write(n) => self.sock.write(&pattern(n)),
             Arm(kind) => self.sock.arm(kind),
-            Refill(_) => {}
+            Rearm(kind) if !self.armed() => self.sock.arm(kind),
+            Refill(_) | Rearm(_) => {}
             Shutdown => self.sock.shutdown(),
         }
         self.model.run(&mut self.sock).expect("model")
@@ -195,7 +212,12 @@ fn play(world: &mut dyn World, script: &[Step], raw: bool) -> Vec<Observed> {
     let mut held: VecDeque<Chunk> = VecDeque::new();
     let mut seen = Vec::new();
     for &step in script {
-        if let Refill(n) = step {
+        let refill = match step {
+            Refill(n) => Some(n),
+            Rearm(_) => Some(0),
+            _ => None,
+        };
+        if let Some(n) = refill {
             for _ in 0..n.min(held.len()) {
                 held.pop_front();
             }
@@ -438,6 +460,86 @@ fn bundles() {
             Write(301),
             Write(77),
             Write(1234),
+        ],
+    );
+}
+
+/// xorshift64*, so every random script is reproducible from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// Random scripts: writes of random sizes, refills of random counts, re-arms, on pools of
+/// random shape (classic, incremental, incremental with min_left). BUFRING_DIFF_SCRIPTS sets
+/// how many (default 12).
+#[test]
+fn random_scripts() {
+    let scripts: u64 = std::env::var("BUFRING_DIFF_SCRIPTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    for seed in 1..=scripts {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let count = 1 + rng.below(8) as usize;
+        let buf_len = 1 + rng.below(3000) as usize;
+        let inc = rng.below(2) == 1;
+        let mut builder = pool(count, buf_len, inc);
+        if inc && rng.below(2) == 1 {
+            builder = builder.min_left(1 + rng.below(buf_len as u64) as u32);
+        }
+        // One script in four is a bundle receive, played raw (the pool does not take bundles):
+        // writes only, until the ring runs dry.
+        if seed % 4 == 0 {
+            let mut script = vec![BUNDLE];
+            for _ in 0..6 {
+                script.push(Write(1 + rng.below(3 * buf_len as u64 + 10) as usize));
+            }
+            differential(
+                &format!(
+                    "random bundle script {seed} ({count} x {buf_len}, inc {inc}): {script:?}"
+                ),
+                builder,
+                &script,
+            );
+            continue;
+        }
+        let mut script = vec![MS];
+        for _ in 0..12 {
+            script.push(match rng.below(6) {
+                0..=2 => Write(1 + rng.below(2 * buf_len as u64 + 10) as usize),
+                3 => Refill(1 + rng.below(count as u64 + 1) as usize),
+                4 => Rearm(RecvKind::Multishot),
+                _ => Refill(0),
+            });
+        }
+        differential(
+            &format!("random script {seed} ({count} x {buf_len}, inc {inc}): {script:?}"),
+            builder,
+            &script,
+        );
+    }
+}
+
+#[test]
+fn kernel_allocated_ring_behaves_the_same() {
+    differential(
+        "kernel-allocated",
+        pool(4, 1000, true).kernel_allocated(true),
+        &[
+            MS,
+            Write(2500),
+            Refill(3),
+            Write(1700),
+            Refill(8),
+            Write(999),
+            Write(1),
         ],
     );
 }
