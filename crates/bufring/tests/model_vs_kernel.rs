@@ -1,14 +1,13 @@
 //! The kernel model against the running kernel: the same scripts (writes of given sizes on a
-//! TCP pair on loopback, multishot receives, refills, end of stream) run on both, and the CQE
-//! sequences (res, bid, F_MORE, F_BUF_MORE) and the ring entries the kernel holds afterwards
-//! must be the same, step by step.
+//! TCP pair on loopback or on a pipe, multishot receives or reads, bundles, refills, end of
+//! stream) run on both, and the CQE sequences (res, bid, F_MORE, F_BUF_MORE) and the ring
+//! entries the kernel holds afterwards must be the same, step by step.
 
 mod common;
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::net::TcpStream;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use bufring::model::{Cqe, KernelModel, ModelSocket, RecvKind};
@@ -49,24 +48,33 @@ trait World {
 struct Kernel {
     ring: IoUring,
     pool: Pool,
-    rx: TcpStream,
-    tx: TcpStream,
+    rx: OwnedFd,
+    tx: Option<Box<dyn Write>>,
+    pipe: bool,
     armed: bool,
     outstanding: usize,
     addrs: Vec<u64>,
 }
 
 impl Kernel {
-    fn new(builder: PoolBuilder) -> Option<Kernel> {
+    /// The kernel world on a TCP pair (RECV multishot), or on a pipe (READ_MULTISHOT).
+    fn with_transport(builder: PoolBuilder, pipe: bool) -> Option<Kernel> {
         let ring = common::uring(64)?;
         let pool = builder.build(&ring).expect("pool on the kernel");
-        let (rx, tx) = common::tcp_pair();
+        let (rx, tx): (OwnedFd, Box<dyn Write>) = if pipe {
+            let (r, w) = pipe_pair();
+            (r, Box::new(std::fs::File::from(w)))
+        } else {
+            let (rx, tx) = common::tcp_pair();
+            (rx.into(), Box::new(tx))
+        };
         let addrs = buffer_addrs(&pool);
         Some(Kernel {
             ring,
             pool,
             rx,
-            tx,
+            tx: Some(tx),
+            pipe,
             armed: false,
             outstanding: 0,
             addrs,
@@ -113,12 +121,20 @@ impl World for Kernel {
         };
         match step {
             Write(n) => {
-                self.tx.write_all(&pattern(n)).unwrap();
+                self.tx
+                    .as_mut()
+                    .expect("written after shutdown")
+                    .write_all(&pattern(n))
+                    .unwrap();
                 self.outstanding += n;
             }
             Arm(kind) => {
                 let fd = self.rx.as_raw_fd();
                 let sqe = match kind {
+                    // READ_MULTISHOT with len 0: 6.18 answers any other len with -EINVAL.
+                    RecvKind::Multishot if self.pipe => {
+                        opcode::ReadMulti::new(types::Fd(fd), 0, self.pool.bgid()).build()
+                    }
                     RecvKind::Multishot => self.pool.recv_multishot(fd),
                     RecvKind::Bundle => {
                         opcode::RecvMultiBundle::new(types::Fd(fd), self.pool.bgid()).build()
@@ -128,7 +144,8 @@ impl World for Kernel {
                 self.armed = true;
             }
             Refill(_) | Rearm(_) => {}
-            Shutdown => self.tx.shutdown(std::net::Shutdown::Write).unwrap(),
+            // Closing the sending side: FIN on TCP, end of file on a pipe.
+            Shutdown => self.tx = None,
         }
         self.settle()
     }
@@ -202,6 +219,15 @@ fn buffer_addrs(pool: &Pool) -> Vec<u64> {
         .collect()
 }
 
+/// A pipe: (read end, write end).
+fn pipe_pair() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into `fds`.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors are fresh and owned by nothing else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
 fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8).collect()
 }
@@ -238,10 +264,24 @@ fn play(world: &mut dyn World, script: &[Step], raw: bool) -> Vec<Observed> {
     seen
 }
 
-/// Runs a script on both worlds and compares them step by step.
+/// Runs a script on both worlds and compares them step by step: on a TCP pair, and (for
+/// multishot scripts that fit in a pipe's 64 KiB) on a pipe with READ_MULTISHOT, against the
+/// same model.
 fn differential(name: &str, builder: PoolBuilder, script: &[Step]) {
+    let bundle = script.iter().any(|s| matches!(s, Arm(RecvKind::Bundle)));
+    let written: usize = script
+        .iter()
+        .map(|s| if let Write(n) = s { *n } else { 0 })
+        .sum();
+    differential_on(name, builder.clone(), script, false);
+    if !bundle && written <= 60_000 {
+        differential_on(&format!("{name} [pipe]"), builder, script, true);
+    }
+}
+
+fn differential_on(name: &str, builder: PoolBuilder, script: &[Step], pipe: bool) {
     let raw = script.iter().any(|s| matches!(s, Arm(RecvKind::Bundle)));
-    let Some(mut kernel) = Kernel::new(builder.clone()) else {
+    let Some(mut kernel) = Kernel::with_transport(builder.clone(), pipe) else {
         return;
     };
     let (pool, ring) = builder.build_detached().unwrap();
