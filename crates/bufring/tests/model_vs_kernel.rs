@@ -489,6 +489,20 @@ fn bundles() {
         100,
         &[BUNDLE, Write(1000), Write(1000), Write(30), Write(2000)],
     );
+    for min_left in [30, 100] {
+        differential(
+            &format!("bundle, min_left {min_left}"),
+            pool(8, 100, true).min_left(min_left),
+            &[
+                BUNDLE,
+                Write(50),
+                Write(45),
+                Write(450),
+                Write(100),
+                Write(333),
+            ],
+        );
+    }
     both(
         "bundle, odd sizes",
         32,
