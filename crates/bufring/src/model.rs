@@ -482,7 +482,14 @@ impl KernelModel {
                 break;
             }
             if sock.data.is_empty() {
-                if sock.eof {
+                if sock.eof && sock.file && kind == RecvKind::Single {
+                    // A single read at end of file completes with the buffer it selected:
+                    // 0 bytes committed (a classic ring consumes the entry, an incremental one
+                    // keeps it current).
+                    let r = self.recv(&[], 0)?.expect("a buffer was available");
+                    out.push(r.cqe);
+                    sock.armed = None;
+                } else if sock.eof {
                     // End of stream: the buffer goes back untouched, no F_BUFFER.
                     out.push(Cqe { res: 0, flags: 0 });
                     sock.armed = None;
@@ -492,6 +499,16 @@ impl KernelModel {
                 break;
             }
             let cqe = match kind {
+                RecvKind::Single => {
+                    let r = self
+                        .recv(sock.data.make_contiguous(), 0)?
+                        .expect("a buffer was available");
+                    sock.take(r.used);
+                    // One completion, and the request is done.
+                    out.push(r.cqe);
+                    sock.armed = None;
+                    break;
+                }
                 RecvKind::Multishot => {
                     let r = self
                         .recv(sock.data.make_contiguous(), 0)?
@@ -559,7 +576,9 @@ impl KernelModel {
 /// Which receive is armed on a [`ModelSocket`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecvKind {
-    /// A multishot recv: one buffer per completion.
+    /// A single recv (or read): one completion, then the request is done.
+    Single,
+    /// A multishot recv (or READ_MULTISHOT): one buffer per completion.
     Multishot,
     /// A multishot recv bundle: one completion may span several buffers.
     Bundle,
@@ -575,7 +594,7 @@ pub enum RecvKind {
 /// - with a buffer and data, it receives `min(buffer, data)` bytes and posts a CQE with F_MORE,
 ///   then tries again while data is left;
 /// - with a buffer and no data it waits, except at end of stream: res 0, no buffer, request
-///   ends.
+///   ends (a single read of a pipe keeps its buffer: see [`ModelSocket::pipe`]).
 #[derive(Debug)]
 pub struct ModelSocket {
     data: VecDeque<u8>,
@@ -584,6 +603,7 @@ pub struct ModelSocket {
     wake: bool,
     msg_inq: i64,
     iovs: usize,
+    file: bool,
 }
 
 impl Default for ModelSocket {
@@ -602,6 +622,16 @@ impl ModelSocket {
             wake: false,
             msg_inq: -1,
             iovs: 1,
+            file: false,
+        }
+    }
+
+    /// A pipe read with READ / READ_MULTISHOT instead of a socket: the same rules, except that
+    /// a single read at end of file completes with its buffer (res 0, F_BUFFER).
+    pub fn pipe() -> Self {
+        ModelSocket {
+            file: true,
+            ..Self::new()
         }
     }
 

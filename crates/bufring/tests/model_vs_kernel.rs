@@ -32,6 +32,7 @@ use Step::*;
 
 const MS: Step = Arm(RecvKind::Multishot);
 const BUNDLE: Step = Arm(RecvKind::Bundle);
+const SINGLE: Step = Rearm(RecvKind::Single);
 
 /// What a step produced: the CQEs, and the entries the kernel holds afterwards as
 /// (bid, offset into the buffer, len).
@@ -131,6 +132,8 @@ impl World for Kernel {
             Arm(kind) => {
                 let fd = self.rx.as_raw_fd();
                 let sqe = match kind {
+                    RecvKind::Single if self.pipe => self.pool.read(fd, 0, u64::MAX),
+                    RecvKind::Single => self.pool.recv(fd),
                     // READ_MULTISHOT with len 0: 6.18 answers any other len with -EINVAL.
                     RecvKind::Multishot if self.pipe => {
                         opcode::ReadMulti::new(types::Fd(fd), 0, self.pool.bgid()).build()
@@ -288,7 +291,11 @@ fn differential_on(name: &str, builder: PoolBuilder, script: &[Step], pipe: bool
     let mut model = Model {
         model: KernelModel::new(ring),
         pool,
-        sock: ModelSocket::new(),
+        sock: if pipe {
+            ModelSocket::pipe()
+        } else {
+            ModelSocket::new()
+        },
     };
     let k = play(&mut kernel, script, raw);
     let m = play(&mut model, script, raw);
@@ -564,12 +571,18 @@ fn random_scripts() {
             );
             continue;
         }
-        let mut script = vec![MS];
+        // Every third script uses single-shot receives, re-armed by its Rearm steps.
+        let kind = if seed % 3 == 0 {
+            RecvKind::Single
+        } else {
+            RecvKind::Multishot
+        };
+        let mut script = vec![Rearm(kind)];
         for _ in 0..12 {
             script.push(match rng.below(6) {
                 0..=2 => Write(1 + rng.below(2 * buf_len as u64 + 10) as usize),
                 3 => Refill(1 + rng.below(count as u64 + 1) as usize),
-                4 => Rearm(RecvKind::Multishot),
+                4 => Rearm(kind),
                 _ => Refill(0),
             });
         }
@@ -594,6 +607,30 @@ fn kernel_allocated_ring_behaves_the_same() {
             Refill(8),
             Write(999),
             Write(1),
+        ],
+    );
+}
+
+#[test]
+fn single_shot_receives() {
+    both(
+        "single",
+        2,
+        100,
+        &[
+            SINGLE,
+            Write(40),
+            SINGLE,
+            Write(30),
+            Write(200),
+            SINGLE,
+            Refill(2),
+            SINGLE,
+            SINGLE,
+            Refill(8),
+            SINGLE,
+            Shutdown,
+            SINGLE,
         ],
     );
 }
