@@ -2,7 +2,8 @@
 //! writes of random sizes, chunks split, merged and dropped in random order and on other
 //! threads, exhaustion and re-arm, pools of 1 to 32768 buffers, ring tails that wrap), with
 //! the invariants checked after every step:
-//! - every byte is delivered exactly once, in order;
+//! - every byte is delivered exactly once, in order per connection (1 to 3 connections share
+//!   the pool, with multishot or single-shot receives);
 //! - no two live chunks overlap, and no live chunk overlaps a range the model may still write;
 //! - a buffer is never posted again while any chunk of it lives;
 //! - at quiescence every buffer is back in the ring and the statistics add up.
@@ -17,9 +18,9 @@ use bufring::model::{KernelModel, ModelSocket, RecvKind};
 use bufring::{Chunk, Completion, Incremental, Pool};
 use proptest::prelude::*;
 
-/// Byte `i` of the peer's stream.
-fn stream_byte(i: u64) -> u8 {
-    (i ^ (i >> 8) ^ (i >> 16)).wrapping_mul(31) as u8
+/// Byte `i` of connection `conn`'s stream.
+fn stream_byte(conn: usize, i: u64) -> u8 {
+    (i ^ (i >> 8) ^ (i >> 16)).wrapping_mul(31) as u8 ^ (conn as u8).wrapping_mul(0x55)
 }
 
 #[derive(Debug, Clone)]
@@ -29,12 +30,18 @@ struct Config {
     incremental: bool,
     min_left: u32,
     start: u16,
+    /// Connections sharing the pool.
+    conns: usize,
+    /// Single-shot receives instead of multishot ones.
+    single: bool,
 }
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// The peer writes this many bytes.
+    /// The peer of connection 0 writes this many bytes.
     Write(usize),
+    /// The peer of connection `c % conns` writes this many bytes.
+    WriteTo(usize, usize),
     /// Drop live chunk `i % live`.
     Drop(usize),
     /// Drop it on a new thread (joined).
@@ -49,7 +56,7 @@ enum Op {
     Merge(usize, usize),
     /// `Pool::publish`.
     Publish,
-    /// Publish and submit the receive again if it ended.
+    /// Publish and submit the receive of every connection whose receive ended.
     Rearm,
 }
 
@@ -59,30 +66,26 @@ fn config() -> impl Strategy<Value = Config> {
         2 => 9usize..=256,
         1 => (8u32..=15).prop_flat_map(|bits| (1usize << (bits - 1))..=(1usize << bits)),
     ];
-    (count, any::<bool>(), any::<u16>(), 0u32..4).prop_flat_map(
-        |(count, incremental, start, ml)| {
+    // 1 to 3 connections; one program in five uses single-shot receives.
+    let shape = (1usize..=3, prop::bool::weighted(0.2));
+    (count, any::<bool>(), any::<u16>(), 0u32..4, shape).prop_flat_map(
+        |(count, incremental, start, ml, (conns, single))| {
             // Keep the region small (at most 8 MiB): large pools get small buffers.
             let max_len = (8 << 20) / count;
-            let buf_len = 1usize..=max_len.clamp(1, 4096);
-            (
-                Just(count),
+            (1usize..=max_len.clamp(1, 4096)).prop_map(move |buf_len| Config {
+                count,
                 buf_len,
-                Just(incremental),
-                Just(start),
-                Just(ml),
-            )
-                .prop_map(|(count, buf_len, incremental, start, ml)| Config {
-                    count,
-                    buf_len,
-                    incremental,
-                    // min_left: none, 1, a quarter, or the whole buffer.
-                    min_left: if incremental {
-                        [0, 1, (buf_len as u32 / 4).max(1), buf_len as u32][ml as usize]
-                    } else {
-                        0
-                    },
-                    start,
-                })
+                incremental,
+                // min_left: none, 1, a quarter, or the whole buffer.
+                min_left: if incremental {
+                    [0, 1, (buf_len as u32 / 4).max(1), buf_len as u32][ml as usize]
+                } else {
+                    0
+                },
+                start,
+                conns,
+                single,
+            })
         },
     )
 }
@@ -90,7 +93,8 @@ fn config() -> impl Strategy<Value = Config> {
 fn op(buf_len: usize) -> impl Strategy<Value = Op> {
     let write = 1usize..=(3 * buf_len).min(1 << 16);
     prop_oneof![
-        4 => write.prop_map(Op::Write),
+        2 => write.clone().prop_map(Op::Write),
+        2 => (any::<usize>(), write).prop_map(|(c, n)| Op::WriteTo(c, n)),
         3 => any::<usize>().prop_map(Op::Drop),
         1 => any::<usize>().prop_map(Op::DropOnThread),
         1 => any::<usize>().prop_map(Op::Hand),
@@ -109,20 +113,26 @@ fn program() -> impl Strategy<Value = (Config, Vec<Op>)> {
     })
 }
 
-/// A live chunk and where its first byte sits in the peer's stream.
+/// A live chunk, its connection, and where its first byte sits in that stream.
 struct Live {
     chunk: Chunk,
+    conn: usize,
     pos: u64,
+}
+
+/// One connection: the model's socket and what went through it.
+struct Conn {
+    sock: ModelSocket,
+    written: u64,
+    delivered: u64,
 }
 
 struct Harness {
     cfg: Config,
     pool: Pool,
     model: KernelModel,
-    sock: ModelSocket,
+    conns: Vec<Conn>,
     live: Vec<Live>,
-    written: u64,
-    delivered: u64,
     data_cqes: u64,
     enobufs: u64,
     worker: mpsc::Sender<Option<Chunk>>,
@@ -152,26 +162,49 @@ impl Harness {
                 }
             }
         });
-        let mut sock = ModelSocket::new();
-        sock.arm(RecvKind::Multishot);
-        Harness {
+        let conns = (0..cfg.conns)
+            .map(|_| Conn {
+                sock: ModelSocket::new(),
+                written: 0,
+                delivered: 0,
+            })
+            .collect();
+        let mut h = Harness {
             cfg,
             pool,
             model: KernelModel::new(ring),
-            sock,
+            conns,
             live: Vec::new(),
-            written: 0,
-            delivered: 0,
             data_cqes: 0,
             enobufs: 0,
             worker,
             worker_done,
+        };
+        for c in 0..h.conns.len() {
+            h.arm(c);
+        }
+        h
+    }
+
+    fn kind(&self) -> RecvKind {
+        if self.cfg.single {
+            RecvKind::Single
+        } else {
+            RecvKind::Multishot
         }
     }
 
-    /// Lets the model run and hands its CQEs to the pool.
-    fn run_model(&mut self) {
-        let cqes = self.model.run(&mut self.sock).expect("model");
+    /// Arms connection `c`'s receive and lets the model run.
+    fn arm(&mut self, c: usize) {
+        let kind = self.kind();
+        self.conns[c].sock.arm(kind);
+        self.run_model(c);
+    }
+
+    /// Lets the model run connection `conn` and hands its CQEs to the pool.
+    fn run_model(&mut self, conn: usize) {
+        let cqes = self.model.run(&mut self.conns[conn].sock).expect("model");
+        let at = &mut self.conns[conn];
         let mut ended = false;
         for c in &cqes {
             ended = match self.pool.complete(c.res, c.flags) {
@@ -180,16 +213,17 @@ impl Harness {
                     for (k, &b) in chunk.iter().enumerate() {
                         assert_eq!(
                             b,
-                            stream_byte(self.delivered + k as u64),
-                            "byte {} of the stream",
-                            self.delivered + k as u64
+                            stream_byte(conn, at.delivered + k as u64),
+                            "byte {} of connection {conn}",
+                            at.delivered + k as u64
                         );
                     }
                     self.live.push(Live {
                         chunk,
-                        pos: self.delivered,
+                        conn,
+                        pos: at.delivered,
                     });
-                    self.delivered += c.res as u64;
+                    at.delivered += c.res as u64;
                     self.data_cqes += 1;
                     !more
                 }
@@ -203,7 +237,7 @@ impl Harness {
             };
         }
         if !cqes.is_empty() {
-            assert_eq!(ended, self.sock.armed().is_none(), "request end disagrees");
+            assert_eq!(ended, at.sock.armed().is_none(), "request end disagrees");
         }
     }
 
@@ -222,14 +256,8 @@ impl Harness {
 
     fn apply(&mut self, op: &Op) {
         match *op {
-            Op::Write(n) => {
-                let bytes: Vec<u8> = (self.written..self.written + n as u64)
-                    .map(stream_byte)
-                    .collect();
-                self.written += n as u64;
-                self.sock.write(&bytes);
-                self.run_model();
-            }
+            Op::Write(n) => self.write(0, n),
+            Op::WriteTo(c, n) => self.write(c % self.conns.len(), n),
             Op::Drop(i) => drop(self.take(i)),
             Op::DropOnThread(i) => {
                 if let Some(c) = self.take(i) {
@@ -248,6 +276,7 @@ impl Harness {
                 let i = i % self.live.len();
                 let l = &mut self.live[i];
                 let at = at % (l.chunk.len() + 1);
+                let conn = l.conn;
                 let (chunk, pos) = if matches!(op, Op::SplitTo(..)) {
                     let front = l.chunk.split_to(at);
                     let pos = l.pos;
@@ -256,7 +285,7 @@ impl Harness {
                 } else {
                     (l.chunk.split_off(at), l.pos + at as u64)
                 };
-                self.live.push(Live { chunk, pos });
+                self.live.push(Live { chunk, conn, pos });
             }
             Op::Merge(i, j) => {
                 if self.live.len() < 2 {
@@ -270,6 +299,7 @@ impl Harness {
                 match self.live[i].chunk.try_merge(next.chunk) {
                     Ok(()) => {
                         assert!(adjacent);
+                        assert_eq!(self.live[i].conn, next.conn, "merged across connections");
                         assert_eq!(
                             self.live[i].pos + front_len,
                             next.pos,
@@ -280,6 +310,7 @@ impl Harness {
                         assert!(!adjacent);
                         self.live.push(Live {
                             chunk,
+                            conn: next.conn,
                             pos: next.pos,
                         });
                     }
@@ -291,12 +322,24 @@ impl Harness {
             }
             Op::Rearm => {
                 self.pool.publish();
-                if self.sock.armed().is_none() {
-                    self.sock.arm(RecvKind::Multishot);
-                    self.run_model();
+                for c in 0..self.conns.len() {
+                    if self.conns[c].sock.armed().is_none() {
+                        self.arm(c);
+                    }
                 }
             }
         }
+    }
+
+    /// The peer of connection `c` writes `n` bytes.
+    fn write(&mut self, c: usize, n: usize) {
+        let at = &mut self.conns[c];
+        let bytes: Vec<u8> = (at.written..at.written + n as u64)
+            .map(|i| stream_byte(c, i))
+            .collect();
+        at.written += n as u64;
+        at.sock.write(&bytes);
+        self.run_model(c);
     }
 
     /// The invariants that hold after every step.
@@ -309,10 +352,13 @@ impl Harness {
             s.in_kernel,
             "in_kernel vs ring"
         );
-        assert_eq!(s.bytes_delivered, self.delivered);
+        let delivered: u64 = self.conns.iter().map(|c| c.delivered).sum();
+        assert_eq!(s.bytes_delivered, delivered);
         assert_eq!(s.completions, self.data_cqes);
         assert_eq!(s.enobufs, self.enobufs);
-        assert_eq!(self.written - self.delivered, self.sock.queued() as u64);
+        for c in &self.conns {
+            assert_eq!(c.written - c.delivered, c.sock.queued() as u64);
+        }
 
         // Every live chunk still holds its bytes of the stream (a write by the model into a
         // live chunk would show here).
@@ -320,7 +366,7 @@ impl Harness {
             for (k, &b) in l.chunk.iter().enumerate() {
                 assert_eq!(
                     b,
-                    stream_byte(l.pos + k as u64),
+                    stream_byte(l.conn, l.pos + k as u64),
                     "live chunk {:?} changed",
                     l.chunk
                 );
@@ -384,32 +430,33 @@ impl Harness {
             assert_eq!(self.pool.refs(bid), Some(1), "bid {bid}");
         }
         // Every byte written arrives, exactly once, then end of stream.
-        self.sock.shutdown();
-        let mut rounds = 0;
-        loop {
-            if self.sock.armed().is_none() {
-                self.sock.arm(RecvKind::Multishot);
+        for c in 0..self.conns.len() {
+            self.conns[c].sock.shutdown();
+            let mut rounds = 0;
+            loop {
+                if self.conns[c].sock.armed().is_none() {
+                    self.arm(c);
+                } else {
+                    self.run_model(c);
+                }
+                self.live.clear();
+                self.pool.publish();
+                let at = &self.conns[c];
+                if at.sock.armed().is_none() && at.sock.queued() == 0 && at.delivered == at.written
+                {
+                    break;
+                }
+                rounds += 1;
+                assert!(rounds < 1_000_000, "stream does not drain");
             }
-            self.run_model();
-            self.live.clear();
-            self.pool.publish();
-            if self.sock.armed().is_none()
-                && self.sock.queued() == 0
-                && self.delivered == self.written
-            {
-                break;
-            }
-            rounds += 1;
-            assert!(rounds < 1_000_000, "stream does not drain");
+            assert_eq!(self.conns[c].delivered, self.conns[c].written);
         }
-        assert_eq!(self.delivered, self.written);
         self.check();
     }
 }
 
 fn run_program(cfg: Config, ops: &[Op]) {
     let mut h = Harness::new(cfg);
-    h.run_model();
     h.check();
     for op in ops {
         h.apply(op);
@@ -440,6 +487,8 @@ fn cfg(count: usize, buf_len: usize, incremental: bool, min_left: u32, start: u1
         incremental,
         min_left,
         start,
+        conns: 1,
+        single: false,
     }
 }
 
@@ -507,4 +556,33 @@ fn pieces_dropped_on_other_threads_while_the_kernel_fills_the_rest() {
     ];
     run_program(cfg(2, 64, true, 0, 100), &ops);
     run_program(cfg(2, 64, false, 0, 100), &ops);
+}
+
+#[test]
+fn three_connections_share_one_small_pool() {
+    use Op::*;
+    let ops = [
+        WriteTo(0, 30),
+        WriteTo(1, 30),
+        WriteTo(2, 30),
+        SplitTo(1, 7),
+        Hand(0),
+        WriteTo(1, 100),
+        Drop(2),
+        Rearm,
+        WriteTo(2, 5),
+        Merge(0, 1),
+        Rearm,
+        WriteTo(0, 64),
+    ];
+    for (inc, single) in [(false, false), (true, false), (false, true), (true, true)] {
+        run_program(
+            Config {
+                conns: 3,
+                single,
+                ..cfg(3, 32, inc, 0, 65500)
+            },
+            &ops,
+        );
+    }
 }
