@@ -14,9 +14,12 @@ use bufring::model::{Cqe, KernelModel, ModelSocket, RecvKind};
 use bufring::{Chunk, Completion, Incremental, Pool, PoolBuilder};
 use io_uring::{opcode, types, IoUring};
 
-/// One step of a script.
+/// One step of a script. Steps act on the current connection (0 until `On` says otherwise);
+/// all connections share the pool's ring.
 #[derive(Debug, Clone, Copy)]
 enum Step {
+    /// Later steps act on connection `c`.
+    On(usize),
     /// The peer writes this many bytes (of the checked pattern).
     Write(usize),
     /// Submit a multishot receive (bundle: a multishot bundle receive).
@@ -40,97 +43,109 @@ type Observed = (Vec<(i32, Option<u16>, bool, bool)>, Vec<(u16, u64, u32)>);
 
 /// A world in which a script runs: the kernel, or the model.
 trait World {
-    fn armed(&self) -> bool;
     fn step(&mut self, step: Step) -> Vec<Cqe>;
     fn posted(&self) -> Vec<(u16, u64, u32)>;
     fn pool(&mut self) -> &mut Pool;
 }
 
+/// One connection of the kernel world.
+struct KConn {
+    rx: OwnedFd,
+    tx: Option<Box<dyn Write>>,
+    armed: bool,
+    outstanding: usize,
+}
+
 struct Kernel {
     ring: IoUring,
     pool: Pool,
-    rx: OwnedFd,
-    tx: Option<Box<dyn Write>>,
+    conns: Vec<KConn>,
+    cur: usize,
     pipe: bool,
-    armed: bool,
-    outstanding: usize,
     addrs: Vec<u64>,
 }
 
 impl Kernel {
-    /// The kernel world on a TCP pair (RECV multishot), or on a pipe (READ_MULTISHOT).
-    fn with_transport(builder: PoolBuilder, pipe: bool) -> Option<Kernel> {
+    /// The kernel world with `conns` TCP pairs (RECV), or pipes (READ), sharing one pool.
+    fn with_transport(builder: PoolBuilder, pipe: bool, conns: usize) -> Option<Kernel> {
         let ring = common::uring(64)?;
         let pool = builder.build(&ring).expect("pool on the kernel");
-        let (rx, tx): (OwnedFd, Box<dyn Write>) = if pipe {
-            let (r, w) = pipe_pair();
-            (r, Box::new(std::fs::File::from(w)))
-        } else {
-            let (rx, tx) = common::tcp_pair();
-            (rx.into(), Box::new(tx))
-        };
+        let conns = (0..conns)
+            .map(|_| {
+                let (rx, tx): (OwnedFd, Box<dyn Write>) = if pipe {
+                    let (r, w) = pipe_pair();
+                    (r, Box::new(std::fs::File::from(w)))
+                } else {
+                    let (rx, tx) = common::tcp_pair();
+                    (rx.into(), Box::new(tx))
+                };
+                KConn {
+                    rx,
+                    tx: Some(tx),
+                    armed: false,
+                    outstanding: 0,
+                }
+            })
+            .collect();
         let addrs = buffer_addrs(&pool);
         Some(Kernel {
             ring,
             pool,
-            rx,
-            tx: Some(tx),
+            conns,
+            cur: 0,
             pipe,
-            armed: false,
-            outstanding: 0,
             addrs,
         })
     }
 
-    /// Collects CQEs until the kernel has nothing more to say: all written bytes received or
-    /// the request ended, and then 30 ms of quiet (to catch CQEs the model did not predict).
+    /// Collects CQEs until the kernel has nothing more to say: on every connection, all
+    /// written bytes received or the request ended; then 30 ms of quiet (to catch CQEs the
+    /// model did not predict).
     fn settle(&mut self) -> Vec<Cqe> {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut out = Vec::new();
         loop {
-            let done = !self.armed || self.outstanding == 0;
+            let done = self.conns.iter().all(|c| !c.armed || c.outstanding == 0);
             let wait = if done { 30 } else { 1000 };
             let cqes = common::reap(&mut self.ring, Duration::from_millis(wait));
             if cqes.is_empty() && done {
                 return out;
             }
             assert!(Instant::now() < deadline, "kernel did not settle: {out:?}");
-            for (_, res, flags) in cqes {
-                let cqe = Cqe { res, flags };
+            for (user_data, res, flags) in cqes {
+                let c = &mut self.conns[user_data as usize];
                 if !bufring::CqeFlags(flags).more() {
-                    self.armed = false;
+                    c.armed = false;
                 }
                 if res > 0 {
-                    self.outstanding -= res as usize;
+                    c.outstanding -= res as usize;
                 }
-                out.push(cqe);
+                out.push(Cqe { res, flags });
             }
         }
     }
 }
 
 impl World for Kernel {
-    fn armed(&self) -> bool {
-        self.armed
-    }
-
     fn step(&mut self, step: Step) -> Vec<Cqe> {
+        let armed = self.conns[self.cur].armed;
         let step = match step {
-            Rearm(kind) if !self.armed => Arm(kind),
+            Rearm(kind) if !armed => Arm(kind),
             Rearm(_) => Refill(0),
             s => s,
         };
+        let c = &mut self.conns[self.cur];
         match step {
+            On(i) => self.cur = i,
             Write(n) => {
-                self.tx
-                    .as_mut()
+                c.tx.as_mut()
                     .expect("written after shutdown")
                     .write_all(&pattern(n))
                     .unwrap();
-                self.outstanding += n;
+                c.outstanding += n;
             }
             Arm(kind) => {
-                let fd = self.rx.as_raw_fd();
+                let fd = c.rx.as_raw_fd();
                 let sqe = match kind {
                     RecvKind::Single if self.pipe => self.pool.read(fd, 0, u64::MAX),
                     RecvKind::Single => self.pool.recv(fd),
@@ -143,12 +158,12 @@ impl World for Kernel {
                         opcode::RecvMultiBundle::new(types::Fd(fd), self.pool.bgid()).build()
                     }
                 };
-                common::push(&mut self.ring, &sqe);
-                self.armed = true;
+                c.armed = true;
+                common::push(&mut self.ring, &sqe.user_data(self.cur as u64));
             }
             Refill(_) | Rearm(_) => {}
             // Closing the sending side: FIN on TCP, end of file on a pipe.
-            Shutdown => self.tx = None,
+            Shutdown => c.tx = None,
         }
         self.settle()
     }
@@ -173,23 +188,25 @@ impl World for Kernel {
 struct Model {
     model: KernelModel,
     pool: Pool,
-    sock: ModelSocket,
+    socks: Vec<ModelSocket>,
+    cur: usize,
 }
 
 impl World for Model {
-    fn armed(&self) -> bool {
-        self.sock.armed().is_some()
-    }
-
     fn step(&mut self, step: Step) -> Vec<Cqe> {
+        let sock = &mut self.socks[self.cur];
         match step {
-            Write(n) => self.sock.write(&pattern(n)),
-            Arm(kind) => self.sock.arm(kind),
-            Rearm(kind) if !self.armed() => self.sock.arm(kind),
+            On(i) => {
+                self.cur = i;
+                return Vec::new();
+            }
+            Write(n) => sock.write(&pattern(n)),
+            Arm(kind) => sock.arm(kind),
+            Rearm(kind) if sock.armed().is_none() => sock.arm(kind),
             Refill(_) | Rearm(_) => {}
-            Shutdown => self.sock.shutdown(),
+            Shutdown => sock.shutdown(),
         }
-        self.model.run(&mut self.sock).expect("model")
+        self.model.run(sock).expect("model")
     }
 
     fn posted(&self) -> Vec<(u16, u64, u32)> {
@@ -284,18 +301,27 @@ fn differential(name: &str, builder: PoolBuilder, script: &[Step]) {
 
 fn differential_on(name: &str, builder: PoolBuilder, script: &[Step], pipe: bool) {
     let raw = script.iter().any(|s| matches!(s, Arm(RecvKind::Bundle)));
-    let Some(mut kernel) = Kernel::with_transport(builder.clone(), pipe) else {
+    let conns = 1 + script
+        .iter()
+        .map(|s| if let On(c) = s { *c } else { 0 })
+        .max()
+        .unwrap_or(0);
+    let Some(mut kernel) = Kernel::with_transport(builder.clone(), pipe, conns) else {
         return;
     };
     let (pool, ring) = builder.build_detached().unwrap();
-    let mut model = Model {
-        model: KernelModel::new(ring),
-        pool,
-        sock: if pipe {
+    let socket = || {
+        if pipe {
             ModelSocket::pipe()
         } else {
             ModelSocket::new()
-        },
+        }
+    };
+    let mut model = Model {
+        model: KernelModel::new(ring),
+        pool,
+        socks: (0..conns).map(|_| socket()).collect(),
+        cur: 0,
     };
     let k = play(&mut kernel, script, raw);
     let m = play(&mut model, script, raw);
@@ -577,8 +603,16 @@ fn random_scripts() {
         } else {
             RecvKind::Multishot
         };
+        // Every fifth script has two connections sharing the ring.
+        let two = seed % 5 == 1;
         let mut script = vec![Rearm(kind)];
+        if two {
+            script.extend([On(1), Rearm(kind), On(0)]);
+        }
         for _ in 0..12 {
+            if two && rng.below(2) == 1 {
+                script.push(On(rng.below(2) as usize));
+            }
             script.push(match rng.below(6) {
                 0..=2 => Write(1 + rng.below(2 * buf_len as u64 + 10) as usize),
                 3 => Refill(1 + rng.below(count as u64 + 1) as usize),
@@ -631,6 +665,37 @@ fn single_shot_receives() {
             SINGLE,
             Shutdown,
             SINGLE,
+        ],
+    );
+}
+
+#[test]
+fn connections_share_one_ring() {
+    both(
+        "two connections",
+        3,
+        100,
+        &[
+            MS,
+            On(1),
+            MS,
+            On(0),
+            Write(50),
+            On(1),
+            Write(120),
+            On(0),
+            Write(80),
+            On(1),
+            Write(10),
+            Refill(8),
+            Rearm(RecvKind::Multishot),
+            On(0),
+            Rearm(RecvKind::Multishot),
+            Write(30),
+            On(1),
+            Shutdown,
+            On(0),
+            Shutdown,
         ],
     );
 }
