@@ -43,9 +43,15 @@ for t in "${targets[@]}"; do
     fi
     echo "== valgrind memcheck: $name"
     ran=$((ran + 1))
+    skip=()
+    if [ "$name" = prop_pool ] && [ -z "${VALGRIND_ALL:-}" ]; then
+        # 32768 buffers drained one CQE at a time: a minute under memcheck, and no memory
+        # path that the smaller programs miss. VALGRIND_ALL=1 runs it too.
+        skip=(--skip largest_pool_with_a_wrapping_tail)
+    fi
     if ! valgrind --tool=memcheck --error-exitcode=99 -q \
         --leak-check=full --errors-for-leak-kinds=definite --show-possibly-lost=no \
-        "$bin" --test-threads=1 -q; then
+        "$bin" --test-threads=1 -q "${skip[@]}"; then
         echo "!! memcheck errors or test failures in $name"
         failed=$((failed + 1))
     fi

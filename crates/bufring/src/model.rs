@@ -304,7 +304,9 @@ impl KernelModel {
 
     /// One single-buffer receive (recv, or one round of a multishot recv) of at most `max_len`
     /// bytes (0: the whole buffer) from `data`. `None` when the ring is empty: the request
-    /// fails with -ENOBUFS. An empty `data` commits nothing.
+    /// fails with -ENOBUFS. An empty `data` is a 0-byte completion with the buffer (a read at
+    /// end of file): a classic ring still consumes the entry, an incremental one keeps it
+    /// current (F_BUF_MORE).
     pub fn recv(&mut self, data: &[u8], max_len: u32) -> Result<Option<Received>, ModelError> {
         let tail = self.tail();
         if tail == self.head {
