@@ -52,10 +52,7 @@ pub fn run(args: Args) -> crate::CliResult {
         BUF_LEN
     ));
     // SAFETY: the request ends (end of stream, waited for below) before the pool is dropped.
-    unsafe {
-        ring.submission()
-            .push(&pool.recv_multishot(rx.as_raw_fd()))?
-    };
+    unsafe { ring.submission().push(&pool.recv_multishot(rx.as_raw_fd()))? };
     ring.submit()?;
     for size in SENDS {
         say(format!("\npeer sends {size} bytes"));
@@ -127,10 +124,7 @@ pub fn run(args: Args) -> crate::CliResult {
         ring.submit_and_wait(1)?;
         let cqes: Vec<_> = ring.completion().map(|c| (c.result(), c.flags())).collect();
         for (res, flags) in cqes {
-            if !matches!(
-                pool.complete(res, flags)?,
-                Completion::Data { more: true, .. }
-            ) {
+            if !matches!(pool.complete(res, flags)?, Completion::Data { more: true, .. }) {
                 break 'wait;
             }
         }
