@@ -1,41 +1,77 @@
 //! `bufring demo`: the worked example from the Linux commit that introduced incremental
-//! consumption, replayed on the live kernel. Two 32 KiB buffers, a TCP loopback pair, one
-//! multishot recv; the peer sends 4096, 8192, 20480 and 4096 bytes, each after the previous
-//! bytes were received.
+//! consumption, replayed on the live kernel. A TCP loopback pair and one multishot recv; the
+//! peer sends 4096, 8192, 20480 and 4096 bytes, each after the previous bytes were received.
+//! `--mode` shows the same traffic through each way of consuming buffers.
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use bufring::{Completion, Incremental, Pool};
+use bufring::{BundleCompletion, Incremental, Pool};
 use io_uring::{types, IoUring};
+
+/// How the demo's pool consumes buffers.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    /// Classic ring: each completion takes a whole buffer.
+    Classic,
+    /// Kernel incremental consumption (IOU_PBUF_RING_INC, 6.12).
+    Incremental,
+    /// Incremental consumption emulated by bufring on a classic ring.
+    Emulated,
+    /// Multishot bundle receive: one completion may span several (smaller) buffers.
+    Bundle,
+}
 
 /// Options of `bufring demo`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Print one JSON object per completion.
+    /// Print one JSON object per completion (per chunk in bundle mode, with its "cqe" index).
     #[arg(long)]
     json: bool,
-    /// Use a classic ring (each completion takes a whole buffer) for contrast.
-    #[arg(long)]
+    /// Use a classic ring (each completion takes a whole buffer) for contrast; same as
+    /// `--mode classic`.
+    #[arg(long, conflicts_with = "mode")]
     no_incremental: bool,
+    /// The way of consuming buffers to show.
+    #[arg(long, value_enum, default_value = "incremental")]
+    mode: Mode,
 }
 
 const SENDS: [usize; 4] = [4096, 8192, 20480, 4096];
 const BUF_LEN: usize = 32 * 1024;
+/// Bundle mode: the same memory as the others, cut in smaller buffers so bundles span them.
+const BUNDLE_BUFS: usize = 8;
+const BUNDLE_BUF_LEN: usize = 8 * 1024;
+
+/// One chunk as the demo shows it.
+struct Shown {
+    len: usize,
+    bid: u16,
+    offset: u32,
+    buf_more: bool,
+    addr: *const u8,
+}
 
 pub fn run(args: Args) -> crate::CliResult {
     let mode = if args.no_incremental {
-        Incremental::Off
+        Mode::Classic
     } else {
-        Incremental::Kernel
+        args.mode
+    };
+    let (count, buf_len, incremental) = match mode {
+        Mode::Classic => (2, BUF_LEN, Incremental::Off),
+        Mode::Incremental => (2, BUF_LEN, Incremental::Kernel),
+        Mode::Emulated => (2, BUF_LEN, Incremental::Emulated),
+        Mode::Bundle => (BUNDLE_BUFS, BUNDLE_BUF_LEN, Incremental::Auto),
     };
     let mut ring = IoUring::new(16)?;
     let mut pool = Pool::builder(0)
-        .count(2)
-        .buf_len(BUF_LEN)
-        .incremental(mode)
+        .count(count)
+        .buf_len(buf_len)
+        .incremental(incremental)
+        .bundles(mode == Mode::Bundle)
         .build(&ring)?;
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let mut tx = TcpStream::connect(listener.local_addr()?)?;
@@ -46,14 +82,38 @@ pub fn run(args: Args) -> crate::CliResult {
             println!("{s}");
         }
     };
+    let bids = if count == 2 {
+        "bid 0 and 1".to_string()
+    } else {
+        format!("bid 0 to {}", count - 1)
+    };
+    let kind = match pool.incremental() {
+        Incremental::Kernel => "incremental ring",
+        Incremental::Emulated => "classic ring with incremental consumption emulated by bufring",
+        _ => "classic ring",
+    };
+    let request = if mode == Mode::Bundle {
+        "one multishot bundle recv"
+    } else {
+        "one multishot recv"
+    };
     say(format!(
-        "{} ring, bgid 0: 2 buffers of {} bytes (bid 0 and 1); one multishot recv on a TCP loopback pair",
-        if args.no_incremental { "classic" } else { "incremental" },
-        BUF_LEN
+        "{kind}, bgid 0: {count} buffers of {buf_len} bytes ({bids}); {request} on a TCP loopback pair"
     ));
-    // SAFETY: the request ends (end of stream, waited for below) before the pool is dropped.
-    unsafe { ring.submission().push(&pool.recv_multishot(rx.as_raw_fd()))? };
-    ring.submit()?;
+    let arm = |ring: &mut IoUring, pool: &Pool| -> crate::CliResult {
+        let sqe = if mode == Mode::Bundle {
+            pool.recv_multishot_bundle(rx.as_raw_fd())
+        } else {
+            pool.recv_multishot(rx.as_raw_fd())
+        };
+        // SAFETY: the request ends (end of stream, waited for below) before the pool is dropped.
+        unsafe { ring.submission().push(&sqe)? };
+        ring.submit()?;
+        Ok(())
+    };
+    arm(&mut ring, &pool)?;
+    let mut cqe_index = 0u32;
+    let mut shown = Vec::new();
     for size in SENDS {
         say(format!("\npeer sends {size} bytes"));
         tx.write_all(&vec![0xab; size])?;
@@ -67,45 +127,66 @@ pub fn run(args: Args) -> crate::CliResult {
             let wait = types::SubmitArgs::new().timespec(&ts);
             let _ = ring.submitter().submit_with_args(1, &wait);
             let cqes: Vec<_> = ring.completion().map(|c| (c.result(), c.flags())).collect();
+            let before = pool.stats();
+            let mut rearm = false;
             for (res, flags) in cqes {
-                match pool.complete(res, flags)? {
-                    Completion::Data { chunk, more } => {
-                        got += chunk.len();
-                        let buf_more = !chunk.is_last();
-                        if args.json {
-                            println!(
-                                "{}",
-                                serde_json::json!({
-                                    "res": chunk.len(), "bid": chunk.bid(),
-                                    "offset": chunk.offset(), "buf_more": buf_more
-                                })
-                            );
-                        } else {
-                            println!(
-                                "  completion: {} bytes in bid {} at offset {} (address {:p}), F_BUF_MORE {}",
-                                chunk.len(), chunk.bid(), chunk.offset(), chunk.as_ptr(),
-                                if buf_more { "set: the kernel keeps filling this buffer" }
-                                else { "clear: the kernel is done with this buffer" }
-                            );
-                            if !more {
-                                println!("  the multishot ended");
-                            }
-                        }
-                        // The chunk is dropped here: the buffer goes back only once the kernel
-                        // has also retired it.
-                    }
-                    Completion::NoBuffers => return Err("the ring ran dry".into()),
-                    Completion::EndOfStream => return Err("unexpected end of stream".into()),
-                    Completion::Failed(e) => return Err(e.into()),
+                let comp = if mode == Mode::Bundle {
+                    pool.complete_bundle(res, flags)?
+                } else {
+                    BundleCompletion::from(pool.complete(res, flags)?)
+                };
+                rearm |= comp.must_rearm();
+                let (chunks, more) = match comp {
+                    BundleCompletion::Data { chunks, more } => (chunks, more),
+                    BundleCompletion::NoBuffers => return Err("the ring ran dry".into()),
+                    BundleCompletion::EndOfStream => return Err("unexpected end of stream".into()),
+                    BundleCompletion::Failed(e) => return Err(e.into()),
+                };
+                shown.clear();
+                // The chunks are dropped at the end of this loop: a buffer goes back only
+                // once the kernel has also retired it.
+                for chunk in chunks {
+                    shown.push(Shown {
+                        len: chunk.len(),
+                        bid: chunk.bid(),
+                        offset: chunk.offset(),
+                        buf_more: !chunk.is_last(),
+                        addr: chunk.as_ptr(),
+                    });
                 }
+                got += shown.iter().map(|s| s.len).sum::<usize>();
+                if mode == Mode::Bundle && !args.json {
+                    let total: usize = shown.iter().map(|s| s.len).sum();
+                    println!(
+                        "  completion: {total} bytes in {} buffer(s), starting at bid {}",
+                        shown.len(),
+                        shown[0].bid
+                    );
+                }
+                for s in &shown {
+                    print_chunk(&args, mode, cqe_index, s);
+                }
+                if !more && !args.json {
+                    println!("  the multishot ended: re-armed after giving buffers back");
+                }
+                cqe_index += 1;
             }
-            let before = pool.stats().reposted;
             pool.publish();
-            let back = pool.stats().reposted - before;
+            let after = pool.stats();
+            let back = after.reposted - before.reposted;
             if back > 0 {
                 say(format!(
                     "  {back} buffer(s) retired and released: posted back to the ring with their original address and full length"
                 ));
+            }
+            let rests = after.emulated_reposts - before.emulated_reposts;
+            if rests > 0 {
+                say(format!(
+                    "  {rests} partly used buffer(s): bufring posted the rest (address + cursor, same bid) at the ring tail"
+                ));
+            }
+            if rearm {
+                arm(&mut ring, &pool)?;
             }
         }
     }
@@ -124,10 +205,45 @@ pub fn run(args: Args) -> crate::CliResult {
         ring.submit_and_wait(1)?;
         let cqes: Vec<_> = ring.completion().map(|c| (c.result(), c.flags())).collect();
         for (res, flags) in cqes {
-            if !matches!(pool.complete(res, flags)?, Completion::Data { more: true, .. }) {
+            // A plain CQE is a bundle of one buffer, so this serves every mode.
+            if !matches!(
+                pool.complete_bundle(res, flags)?,
+                BundleCompletion::Data { more: true, .. }
+            ) {
                 break 'wait;
             }
         }
     }
     Ok(())
+}
+
+fn print_chunk(args: &Args, mode: Mode, cqe: u32, s: &Shown) {
+    if args.json {
+        let mut obj = serde_json::json!({
+            "res": s.len, "bid": s.bid, "offset": s.offset, "buf_more": s.buf_more
+        });
+        if mode == Mode::Bundle {
+            obj["cqe"] = cqe.into();
+        }
+        println!("{obj}");
+    } else {
+        println!(
+            "  {}: {} bytes in bid {} at offset {} (address {:p}), F_BUF_MORE {}",
+            if mode == Mode::Bundle {
+                "  chunk"
+            } else {
+                "completion"
+            },
+            s.len,
+            s.bid,
+            s.offset,
+            s.addr,
+            match (s.buf_more, mode) {
+                (true, Mode::Emulated) =>
+                    "set (by bufring): the rest of this buffer goes back to the ring",
+                (true, _) => "set: the kernel keeps filling this buffer",
+                (false, _) => "clear: the kernel is done with this buffer",
+            }
+        );
+    }
 }

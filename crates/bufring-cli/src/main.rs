@@ -8,7 +8,11 @@ mod proxy;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bufring", version, about = "io_uring provided buffer rings: probe, demo, bench, proxy")]
+#[command(
+    name = "bufring",
+    version,
+    about = "io_uring provided buffer rings: probe, demo, bench, proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

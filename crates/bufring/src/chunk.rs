@@ -146,6 +146,11 @@ impl Chunk {
         }
     }
 
+    /// What the chunk shares with its pool.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// The buffer id.
     pub fn bid(&self) -> u16 {
         self.bid
@@ -295,3 +300,41 @@ impl fmt::Debug for Chunk {
 
 #[cfg(all(test, loom))]
 mod loom_tests;
+
+// Plain-thread tests; under `--cfg loom` the atomics are loom's and only loom models run.
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn chunk_and_pool_cross_threads() {
+        assert_send_sync::<Chunk>();
+        assert_send_sync::<crate::Pool>();
+    }
+
+    #[test]
+    fn return_stack_gives_back_every_bid_once() {
+        let region = Mmap::anonymous(4 * 16, crate::HugePages::Off).unwrap();
+        let shared = Arc::new(Shared::new(region, 16, 4));
+        for bid in 0..4 {
+            shared.hold(bid);
+        }
+        let chunks: Vec<Chunk> = (0..4)
+            .map(|bid| Chunk::new(Arc::clone(&shared), bid, 0, 16, true))
+            .collect();
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|c| std::thread::spawn(move || drop(c)))
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let mut got = Vec::new();
+        shared.drain_returns(|bid| got.push(bid));
+        got.sort();
+        assert_eq!(got, [0, 1, 2, 3]);
+        assert!(!shared.has_returns());
+    }
+}

@@ -62,6 +62,16 @@ impl Completion {
         matches!(self, Completion::Data { more: true, .. })
     }
 
+    /// Whether the request ended while the stream goes on, so it must be submitted again
+    /// (after [`Pool::publish`](crate::Pool::publish)): data without F_MORE, or
+    /// [`NoBuffers`](Self::NoBuffers). (A single-shot request always ends with its data.)
+    pub fn must_rearm(&self) -> bool {
+        matches!(
+            self,
+            Completion::Data { more: false, .. } | Completion::NoBuffers
+        )
+    }
+
     /// The chunk, if data arrived.
     pub fn into_chunk(self) -> Option<Chunk> {
         match self {

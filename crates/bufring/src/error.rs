@@ -106,6 +106,31 @@ pub enum BadCompletion {
         /// The CQE's result.
         res: i32,
     },
+    /// F_BUF_MORE although the completion used up the rest of the buffer.
+    BufMoreWithoutSpace {
+        /// The bid the flag applies to.
+        bid: u16,
+    },
+    /// A bundle continues into a ring position whose buffer is not the one the pool posted
+    /// there, or that the kernel does not hold.
+    BundleOutOfOrder {
+        /// The bid in the CQE (the bundle's first buffer).
+        bid: u16,
+        /// Which buffer of the bundle (0 is the first).
+        index: u16,
+        /// The bid the pool's copy of the ring has at that position.
+        found: u16,
+    },
+    /// A bundle would need more buffers than the kernel can put in one (256), or than are
+    /// posted after its first buffer.
+    BundleTooLarge {
+        /// The bid in the CQE.
+        bid: u16,
+        /// The CQE's result.
+        res: i32,
+        /// Bytes the buffers it could cover hold.
+        space: u64,
+    },
 }
 
 impl std::fmt::Display for BadCompletion {
@@ -131,6 +156,18 @@ impl std::fmt::Display for BadCompletion {
             BadCompletion::DataWithoutBuffer { res } => {
                 write!(f, "{res} bytes without F_BUFFER on a buffer-select request")
             }
+            BadCompletion::BufMoreWithoutSpace { bid } => write!(
+                f,
+                "F_BUF_MORE for bid {bid}, but the completion used up the buffer"
+            ),
+            BadCompletion::BundleOutOfOrder { bid, index, found } => write!(
+                f,
+                "bundle starting at bid {bid}: buffer {index} is bid {found}, which the kernel does not hold at that ring position"
+            ),
+            BadCompletion::BundleTooLarge { bid, res, space } => write!(
+                f,
+                "bundle of {res} bytes starting at bid {bid}, but the buffers it could cover hold only {space}"
+            ),
         }
     }
 }
@@ -165,6 +202,13 @@ pub enum Error {
     /// A completion that bufring refused to turn into data.
     #[error("inconsistent completion: {0}")]
     BadCompletion(BadCompletion),
+    /// A recvmsg multishot buffer whose layout does not hold together (see
+    /// [`BadDatagram`](crate::BadDatagram)); the datagram is dropped, the pool is unaffected.
+    #[error("malformed recvmsg completion: {0}")]
+    BadDatagram(crate::recvmsg::BadDatagram),
+    /// A receive stream broke its framing rules (see [`FrameError`](crate::FrameError)).
+    #[error("framing error: {0}")]
+    Frame(crate::frame::FrameError),
 }
 
 fn errno_hint(e: &io::Error) -> &'static str {
@@ -205,6 +249,18 @@ impl Error {
 impl From<BadCompletion> for Error {
     fn from(b: BadCompletion) -> Self {
         Error::BadCompletion(b)
+    }
+}
+
+impl From<crate::recvmsg::BadDatagram> for Error {
+    fn from(b: crate::recvmsg::BadDatagram) -> Self {
+        Error::BadDatagram(b)
+    }
+}
+
+impl From<crate::frame::FrameError> for Error {
+    fn from(e: crate::frame::FrameError) -> Self {
+        Error::Frame(e)
     }
 }
 

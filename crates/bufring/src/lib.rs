@@ -35,26 +35,52 @@
 //! }
 //! # }
 //! ```
+//!
+//! # Receive paths
+//! - **Bundles** ([`Pool::recv_bundle`], [`Pool::recv_multishot_bundle`]): one CQE covers
+//!   several buffers; [`Pool::complete_bundle`] splits it into a [`Bundle`] of chunks using the
+//!   pool's own copy of the ring order, after checking every buffer.
+//! - **Pipes and files**: [`Pool::read_multishot`] for pipes; [`Pool::read`] with an explicit
+//!   length and [`Pool::complete_file_read`] for regular files, where incremental rings use
+//!   the selected length, not the bytes read.
+//! - **Every kernel with provided buffers**: [`Incremental::Emulated`] (or `Auto`) consumes
+//!   buffers a piece at a time without kernel support, and [`Backend::Legacy`] (chosen by
+//!   `Auto` on kernels without rings) gives buffers to the kernel through SQEs from
+//!   [`Pool::provide`].
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod bundle;
 mod chunk;
 mod completion;
 mod error;
+mod frame;
+mod legacy;
 mod mem;
 #[cfg(feature = "model")]
 pub mod model;
 mod ops;
 mod pool;
 mod probe;
+mod recvmsg;
 mod ring;
+mod stream;
 pub mod sys;
 
+pub use bundle::{Bundle, BundleCompletion, MAX_BUNDLE};
 pub use chunk::Chunk;
 pub use completion::{Completion, CqeFlags};
 pub use error::{BadCompletion, Error, Feature, Result};
+pub use frame::{Delimited, Frame, FrameError, Framing, LengthPrefixed, PrefixWidth};
 pub use mem::HugePages;
 pub use ops::Target;
-pub use pool::{Incremental, Pool, PoolBuilder, PoolStats};
+pub use pool::{Backend, Incremental, Pool, PoolBuilder, PoolStats};
 pub use probe::{kernel_release, Probe};
+pub use recvmsg::{BadDatagram, ControlMessage, ControlMessages, Datagram, RecvMsg};
 pub use ring::{BufRing, BufRingBuilder, MAX_MMAP_BGID};
+pub use stream::RecvStream;
+
+/// The README's examples run as doctests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -23,6 +23,8 @@ pub struct Probe {
     pub pbuf_status: bool,
     /// Receive bundles (6.10).
     pub bundles: bool,
+    /// Receive bundles on incremental rings (6.15), found by receiving one across two buffers.
+    pub incremental_bundles: bool,
     /// IORING_OP_READ_MULTISHOT (6.7).
     pub read_multishot: bool,
 }
@@ -54,6 +56,7 @@ impl Probe {
                     .min_left(1),
             );
         let pbuf_status = buffer_ring && probe_pbuf_status(ring);
+        let support = bundle_support();
         let mut ops = OpProbe::new();
         let read_multishot = ring.submitter().register_probe(&mut ops).is_ok()
             && ops.is_supported(opcode::ReadMulti::CODE);
@@ -65,9 +68,86 @@ impl Probe {
             min_left,
             pbuf_status,
             bundles: ring.params().is_feature_recvsend_bundle(),
+            incremental_bundles: incremental && support.incremental_bundles,
             read_multishot,
         }
     }
+}
+
+/// Whether the kernel has io_uring but no buffer rings, tried on a scratch io_uring (kernels
+/// before 5.19 answer a ring registration with EINVAL, like a bad argument would).
+pub(crate) fn buffer_ring_missing() -> bool {
+    IoUring::new(4).is_ok_and(|ring| BufRing::builder(PROBE_BGID, 1).register(&ring).is_err())
+}
+
+/// Whether bundles work, and whether they work on incremental rings.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct BundleSupport {
+    pub(crate) bundles: bool,
+    pub(crate) incremental_bundles: bool,
+}
+
+/// Tries bundles on a scratch io_uring: the feature flag, then a real bundle receive of 100
+/// bytes into an incremental ring of two 64-byte buffers, which only a kernel that bundles
+/// incremental buffers completes with all 100 bytes.
+pub(crate) fn bundle_support() -> BundleSupport {
+    let Ok(mut ring) = IoUring::new(4) else {
+        return BundleSupport::default();
+    };
+    let bundles = ring.params().is_feature_recvsend_bundle();
+    let incremental_bundles = bundles && try_incremental_bundle(&mut ring);
+    BundleSupport {
+        bundles,
+        incremental_bundles,
+    }
+}
+
+fn try_incremental_bundle(ring: &mut IoUring) -> bool {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    const LEN: u32 = 64;
+    let Ok(mut br) = BufRing::builder(PROBE_BGID, 2)
+        .incremental(true)
+        .register(ring)
+    else {
+        return false;
+    };
+    let Ok((rx, mut tx)) = std::os::unix::net::UnixStream::pair() else {
+        return false;
+    };
+    let mem: &'static mut [u8] = Box::leak(vec![0u8; 2 * LEN as usize].into_boxed_slice());
+    let base = mem.as_mut_ptr() as u64;
+    for bid in 0..2u16 {
+        // SAFETY: `mem` is leaked, so it stays valid whatever the kernel does with it; the ring
+        // is empty, so the slots are free.
+        unsafe { br.add(base + u64::from(bid) * u64::from(LEN), LEN, bid, bid) };
+    }
+    br.advance(2);
+    if tx.write_all(&[0x5a; 100]).is_err() {
+        return false;
+    }
+    let sqe = opcode::RecvBundle::new(io_uring::types::Fd(rx.as_raw_fd()), PROBE_BGID)
+        .build()
+        .user_data(1);
+    // SAFETY: the buffers are leaked memory (valid forever), the SQE names no other memory.
+    if unsafe { ring.submission().push(&sqe) }.is_err() {
+        return false;
+    }
+    let ts = io_uring::types::Timespec::new().sec(1);
+    let args = io_uring::types::SubmitArgs::new().timespec(&ts);
+    let _ = ring.submitter().submit_with_args(1, &args);
+    let ok = ring
+        .completion()
+        .any(|c| c.user_data() == 1 && c.result() == 100);
+    // Give the memory back only when the request is known to be over; otherwise it stays
+    // leaked (a few bytes) rather than risk a late write.
+    if ok {
+        drop(br);
+        // SAFETY: the request completed and the ring is unregistered: the kernel no longer
+        // references `mem`, and we hold the only reference to it.
+        drop(unsafe { Box::from_raw(mem as *mut [u8]) });
+    }
+    ok
 }
 
 fn probe_pbuf_status(ring: &IoUring) -> bool {

@@ -169,7 +169,7 @@ impl World for Kernel {
     }
 
     fn posted(&self) -> Vec<(u16, u64, u32)> {
-        let ring = self.pool.ring();
+        let ring = self.pool.ring().expect("a ring pool");
         let head = ring.head().expect("PBUF_STATUS");
         let n = ring.tail().wrapping_sub(head);
         (0..n)
@@ -225,17 +225,10 @@ impl World for Model {
 
 /// Buffer base addresses, from the pool's initial ring entries (all posted, in bid order).
 fn buffer_addrs(pool: &Pool) -> Vec<u64> {
+    let ring = pool.ring().expect("a ring pool");
+    let first = ring.tail().wrapping_sub(pool.count() as u16);
     (0..pool.count() as u16)
-        .map(|i| {
-            pool.ring()
-                .entry(
-                    pool.ring()
-                        .tail()
-                        .wrapping_sub(pool.count() as u16)
-                        .wrapping_add(i),
-                )
-                .addr
-        })
+        .map(|i| ring.entry(first.wrapping_add(i)).addr)
         .collect()
 }
 

@@ -6,6 +6,7 @@
 
 use crate::completion::{Completion, CqeFlags};
 use crate::error::{BadCompletion, Error};
+use crate::model::ModelRing;
 use crate::pool::{Incremental, Pool};
 use crate::{Chunk, PoolStats};
 
@@ -42,6 +43,8 @@ struct Expect {
     cursor: u32,
     /// Retired and waiting for its last chunk / the next publish.
     retired: bool,
+    /// Ring position of its entry while held.
+    pos: u16,
 }
 
 /// Runs one hostile program. Panics (with a message naming the broken rule) if the pool
@@ -53,7 +56,7 @@ pub fn run(data: &[u8]) {
     let count = 1 + (input.u8() % 16) as usize;
     let buf_len = 1 + (input.u16() % 4096) as u32;
     let incremental = input.u8() & 1 == 1;
-    let (mut pool, _ring) = Pool::builder(0)
+    let (mut pool, ring) = Pool::builder(0)
         .count(count)
         .buf_len(buf_len as usize)
         .incremental(if incremental {
@@ -63,13 +66,14 @@ pub fn run(data: &[u8]) {
         })
         .build_detached()
         .expect("a valid detached pool");
-    let mut expect = vec![
-        Expect {
+    // The pool posts every buffer at build, in bid order, from ring position 0.
+    let mut expect: Vec<Expect> = (0..count)
+        .map(|bid| Expect {
             held: true,
+            pos: bid as u16,
             ..Expect::default()
-        };
-        count
-    ];
+        })
+        .collect();
     let mut chunks: Vec<Chunk> = Vec::new();
     let mut steps = 0;
     while !input.is_empty() && steps < 4096 {
@@ -91,7 +95,16 @@ pub fn run(data: &[u8]) {
                     1 => -((input.u8() % 128) as i32),
                     _ => input.u32() as i32,
                 };
-                complete(&mut pool, &mut expect, &mut chunks, res, flags, buf_len);
+                let tail = ring.tail();
+                complete(
+                    &mut pool,
+                    &mut expect,
+                    &mut chunks,
+                    res,
+                    flags,
+                    buf_len,
+                    tail,
+                );
             }
             4 => {
                 if !chunks.is_empty() {
@@ -131,13 +144,13 @@ pub fn run(data: &[u8]) {
                     }
                 }
             }
-            _ => publish(&mut pool, &mut expect, &chunks),
+            _ => publish(&mut pool, &ring, &mut expect, &chunks),
         }
         check(&pool, &expect, &chunks, buf_len);
     }
     // Quiescence: every chunk gone, one publish, and every buffer is the kernel's again.
     drop(chunks);
-    publish(&mut pool, &mut expect, &[]);
+    publish(&mut pool, &ring, &mut expect, &[]);
     let s = pool.stats();
     assert_eq!(s.in_kernel, count as u32, "buffers lost: {s:?}");
     assert_eq!(s.with_app, 0, "buffers lost: {s:?}");
@@ -155,6 +168,7 @@ fn complete(
     res: i32,
     flags: u32,
     buf_len: u32,
+    tail: u16,
 ) {
     let before = pool.stats();
     let f = CqeFlags(flags);
@@ -177,10 +191,16 @@ fn complete(
         Some("bid out of range")
     } else if !expect[i].held {
         Some("bid not held by the kernel")
+    } else if tail.wrapping_sub(expect[i].pos) as usize > expect.len() {
+        // A kernel takes entries in ring order: one posted `count` or more entries before the
+        // tail would have been consumed before the newer posts of other buffers.
+        Some("entry older than the ring can hold")
     } else if f.buf_more() && !pool.is_incremental() {
         Some("F_BUF_MORE on a classic pool")
     } else if res > 0 && res as u32 > buf_len - expect[i].cursor {
         Some("more bytes than the buffer has left")
+    } else if f.buf_more() && res > 0 && res as u32 == buf_len - expect[i].cursor {
+        Some("F_BUF_MORE although the completion used up the buffer")
     } else {
         None
     };
@@ -232,18 +252,39 @@ fn assert_unchanged(before: PoolStats, after: PoolStats) {
     );
 }
 
-/// Publishes and checks that exactly the retired buffers without chunks went back.
-fn publish(pool: &mut Pool, expect: &mut [Expect], chunks: &[Chunk]) {
-    let mut due = 0;
-    for (bid, e) in expect.iter_mut().enumerate() {
-        if e.retired && !chunks.iter().any(|c| c.bid() as usize == bid) {
-            e.retired = false;
-            e.held = true;
-            due += 1;
-        }
+/// Publishes and checks that exactly the retired buffers without chunks went back, each
+/// once, with its full length (read from the ring, as the kernel would).
+fn publish(pool: &mut Pool, ring: &ModelRing, expect: &mut [Expect], chunks: &[Chunk]) {
+    let mut due = vec![false; expect.len()];
+    for (bid, e) in expect.iter().enumerate() {
+        due[bid] = e.retired && !chunks.iter().any(|c| c.bid() as usize == bid);
     }
+    let before = ring.tail();
     let n = pool.publish();
-    assert_eq!(n, due, "publish posted {n} buffers, {due} were due");
+    let after = ring.tail();
+    assert_eq!(
+        after.wrapping_sub(before) as u32,
+        n,
+        "tail moved by other than {n}"
+    );
+    for k in 0..n as u16 {
+        let pos = before.wrapping_add(k);
+        let entry = ring.entry(pos);
+        let bid = entry.bid as usize;
+        assert!(due.get(bid) == Some(&true), "bid {bid} posted but not due");
+        due[bid] = false;
+        assert_eq!(
+            entry.addr,
+            ring.buf_addr(entry.bid),
+            "bid {bid} posted at an offset"
+        );
+        assert_eq!(entry.len, ring.buf_len(), "bid {bid} posted short");
+        let e = &mut expect[bid];
+        e.retired = false;
+        e.held = true;
+        e.pos = pos;
+    }
+    assert!(!due.contains(&true), "a due buffer was not posted");
 }
 
 /// No two live chunks overlap; chunks stay inside their buffer and off the part the kernel
