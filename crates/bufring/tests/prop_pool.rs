@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::thread;
 
 use bufring::model::{KernelModel, ModelSocket, RecvKind};
-use bufring::{Chunk, Completion, Incremental, Pool};
+use bufring::{BundleCompletion, Chunk, Completion, Incremental, Pool};
 use proptest::prelude::*;
 
 /// Byte `i` of connection `conn`'s stream.
@@ -34,6 +34,10 @@ struct Config {
     conns: usize,
     /// Single-shot receives instead of multishot ones.
     single: bool,
+    /// Multishot bundle receives (completed with `complete_bundle`).
+    bundle: bool,
+    /// Incremental consumption emulated by the pool on a classic ring (when not `incremental`).
+    emulated: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -66,10 +70,14 @@ fn config() -> impl Strategy<Value = Config> {
         2 => 9usize..=256,
         1 => (8u32..=15).prop_flat_map(|bits| (1usize << (bits - 1))..=(1usize << bits)),
     ];
-    // 1 to 3 connections; one program in five uses single-shot receives.
-    let shape = (1usize..=3, prop::bool::weighted(0.2));
+    // 1 to 3 connections; receives: multishot, single-shot (1 in 5) or bundles (1 in 4);
+    // classic pools emulate incremental consumption half the time.
+    let shape = (1usize..=3, 0u32..20, any::<bool>());
     (count, any::<bool>(), any::<u16>(), 0u32..4, shape).prop_flat_map(
-        |(count, incremental, start, ml, (conns, single))| {
+        |(count, incremental, start, ml, (conns, recv, emulated))| {
+            let single = recv < 4;
+            let bundle = recv >= 15;
+            let emulated = emulated && !incremental;
             // Keep the region small (at most 8 MiB): large pools get small buffers.
             let max_len = (8 << 20) / count;
             (1usize..=max_len.clamp(1, 4096)).prop_map(move |buf_len| Config {
@@ -85,6 +93,8 @@ fn config() -> impl Strategy<Value = Config> {
                 start,
                 conns,
                 single,
+                bundle,
+                emulated,
             })
         },
     )
@@ -149,6 +159,8 @@ impl Harness {
             .buf_len(cfg.buf_len)
             .incremental(if cfg.incremental {
                 Incremental::Kernel
+            } else if cfg.emulated {
+                Incremental::Emulated
             } else {
                 Incremental::Off
             })
@@ -190,7 +202,9 @@ impl Harness {
     }
 
     fn kind(&self) -> RecvKind {
-        if self.cfg.single {
+        if self.cfg.bundle {
+            RecvKind::Bundle
+        } else if self.cfg.single {
             RecvKind::Single
         } else {
             RecvKind::Multishot
@@ -210,6 +224,38 @@ impl Harness {
         let at = &mut self.conns[conn];
         let mut ended = false;
         for c in &cqes {
+            if self.cfg.bundle {
+                ended = match self.pool.complete_bundle(c.res, c.flags) {
+                    Ok(BundleCompletion::Data { chunks, more }) => {
+                        let mut total = 0u64;
+                        for chunk in chunks {
+                            let pos = at.delivered + total;
+                            for (k, &b) in chunk.iter().enumerate() {
+                                assert_eq!(
+                                    b,
+                                    stream_byte(conn, pos + k as u64),
+                                    "byte {} of connection {conn}",
+                                    pos + k as u64
+                                );
+                            }
+                            total += chunk.len() as u64;
+                            self.live.push(Live { chunk, conn, pos });
+                        }
+                        assert_eq!(total, c.res as u64, "bundle chunks add up to the result");
+                        at.delivered += total;
+                        self.data_cqes += 1;
+                        !more
+                    }
+                    Ok(BundleCompletion::NoBuffers) => {
+                        self.enobufs += 1;
+                        true
+                    }
+                    Ok(BundleCompletion::EndOfStream) => true,
+                    Ok(BundleCompletion::Failed(e)) => panic!("receive failed: {e}"),
+                    Err(e) => panic!("the pool rejected the model's bundle CQE {c}: {e}"),
+                };
+                continue;
+            }
             ended = match self.pool.complete(c.res, c.flags) {
                 Ok(Completion::Data { chunk, more }) => {
                     assert_eq!(chunk.len() as i32, c.res);
@@ -297,11 +343,13 @@ impl Harness {
                 let j = j % self.live.len();
                 let i = i % (self.live.len() - 1);
                 let i = if i >= j { i + 1 } else { i };
-                if self.live[i].conn != self.live[j].conn {
-                    // Adjacent in memory is not the same stream: pieces of different
-                    // connections can sit side by side in one incremental buffer (see
-                    // `chunks_of_two_connections_can_be_adjacent`). Merging only makes sense
-                    // within one stream.
+                let (a, b) = (&self.live[i], &self.live[j]);
+                if a.conn != b.conn || a.pos + a.chunk.len() as u64 != b.pos {
+                    // Adjacent in memory is not adjacent in the stream: pieces of different
+                    // connections can sit side by side in one incremental buffer, and so can
+                    // pieces of one stream that other buffers came between (see the named
+                    // tests at the bottom). A user merges only what follows in the stream,
+                    // as `RecvStream` does.
                     return;
                 }
                 let next = self.live.swap_remove(j);
@@ -329,11 +377,11 @@ impl Harness {
                 }
             }
             Op::Publish => {
-                self.pool.publish();
+                self.publish();
                 // New buffers wake nothing by themselves: the kernel tries again on data.
             }
             Op::Rearm => {
-                self.pool.publish();
+                self.publish();
                 for c in 0..self.conns.len() {
                     if self.conns[c].sock.armed().is_none() {
                         self.arm(c);
@@ -341,6 +389,17 @@ impl Harness {
                 }
             }
         }
+    }
+
+    /// `Pool::publish`; right after it the pool's count of buffers in the kernel's hands is
+    /// exactly what the ring holds, in every mode.
+    fn publish(&mut self) {
+        self.pool.publish();
+        assert_eq!(
+            u32::from(self.model.available()),
+            self.pool.stats().in_kernel,
+            "in_kernel vs ring after publish"
+        );
     }
 
     /// The peer of connection `c` writes `n` bytes.
@@ -359,11 +418,18 @@ impl Harness {
         let s = self.pool.stats();
         let count = self.cfg.count as u32;
         assert_eq!(s.in_kernel + s.with_app, count, "{s:?}");
-        assert_eq!(
-            u32::from(self.model.available()),
-            s.in_kernel,
-            "in_kernel vs ring"
-        );
+        let available = u32::from(self.model.available());
+        if self.cfg.emulated {
+            // Emulating pools count the rest of a partly used buffer as the kernel's as soon as
+            // the completion is seen; its entry reaches the ring at the next publish.
+            assert!(
+                available <= s.in_kernel,
+                "in_kernel {} vs ring {available}",
+                s.in_kernel
+            );
+        } else {
+            assert_eq!(available, s.in_kernel, "in_kernel vs ring");
+        }
         let delivered: u64 = self.conns.iter().map(|c| c.delivered).sum();
         assert_eq!(s.bytes_delivered, delivered);
         assert_eq!(s.completions, self.data_cqes);
@@ -412,7 +478,12 @@ impl Harness {
                 "bid {bid} posted again while a chunk of it lives"
             );
             if !fresh {
-                assert!(self.cfg.incremental && i == 0, "entry {e:?} shrunk");
+                // (or any entry when the pool emulates incremental consumption: it posts the
+                // rest of a buffer as an entry of its own).
+                assert!(
+                    (self.cfg.incremental && i == 0) || self.cfg.emulated,
+                    "entry {e:?} shrunk"
+                );
             }
             ranges.push((start, end, "posted entry"));
         }
@@ -501,6 +572,8 @@ fn cfg(count: usize, buf_len: usize, incremental: bool, min_left: u32, start: u1
         start,
         conns: 1,
         single: false,
+        bundle: false,
+        emulated: false,
     }
 }
 
@@ -629,4 +702,38 @@ fn chunks_of_two_connections_can_be_adjacent() {
     assert!(first.is_adjacent(&second));
     first.try_merge(second).unwrap();
     assert_eq!(&first[..], b"from afrom b");
+}
+
+/// Found by the property tests with emulated incremental consumption: the pool posts the rest
+/// of a partly used buffer at the ring's tail, so later bytes of the *same* stream land right
+/// after earlier ones in memory with other buffers' bytes between them in the stream.
+/// `is_adjacent` is about memory; merging is for pieces that also follow in the stream.
+#[test]
+fn one_stream_can_be_adjacent_in_memory_but_not_in_order() {
+    let (mut pool, ring) = Pool::builder(0)
+        .count(2)
+        .buf_len(10)
+        .incremental(Incremental::Emulated)
+        .build_detached()
+        .unwrap();
+    let mut model = KernelModel::new(ring);
+    let mut sock = ModelSocket::new();
+    sock.arm(RecvKind::Multishot);
+    let mut chunks = Vec::new();
+    for data in [&b"abcd"[..], b"0123456789", b"efg"] {
+        sock.write(data);
+        for c in model.run(&mut sock).unwrap() {
+            chunks.push(pool.complete(c.res, c.flags).unwrap().into_chunk().unwrap());
+        }
+        pool.publish();
+    }
+    let [first, _, third] = &chunks[..] else {
+        panic!("{chunks:?}");
+    };
+    assert_eq!((first.bid(), third.bid()), (0, 0));
+    assert_eq!((&first[..], &third[..]), (&b"abcd"[..], &b"efg"[..]));
+    assert!(
+        first.is_adjacent(third),
+        "the rest of bid 0 was used after bid 1"
+    );
 }
