@@ -4,8 +4,14 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+
+// The return path runs on loom's atomics under `--cfg loom`, so loom can check every
+// interleaving of it (src/chunk/loom_tests.rs; see CONTRIBUTING.md).
+#[cfg(loom)]
+use loom::sync::atomic::{fence, AtomicU32, Ordering};
+#[cfg(not(loom))]
+use std::sync::atomic::{fence, AtomicU32, Ordering};
 
 use crate::mem::Mmap;
 
@@ -73,7 +79,7 @@ impl Shared {
                 return;
             }
             // Every other holder's reads of the buffer happen before it is handed back.
-            std::sync::atomic::fence(Ordering::Acquire);
+            fence(Ordering::Acquire);
         }
         let mut top = self.returns.load(Ordering::Relaxed);
         loop {
@@ -310,7 +316,11 @@ impl fmt::Debug for Chunk {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, loom))]
+mod loom_tests;
+
+// Plain-thread tests; under `--cfg loom` the atomics are loom's and only loom models run.
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

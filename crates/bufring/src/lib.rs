@@ -57,6 +57,8 @@ mod error;
 mod frame;
 mod legacy;
 mod mem;
+#[cfg(feature = "model")]
+pub mod model;
 mod ops;
 mod pool;
 mod probe;

@@ -273,14 +273,20 @@ impl PoolBuilder {
     /// [`Pool::provide`].
     pub fn build(self, ring: &impl AsRawFd) -> Result<Pool> {
         self.validate()?;
+        let region = Mmap::anonymous(self.count * self.buf_len, self.huge_pages)?;
+        let (source, mode) = self.register(ring)?;
+        Ok(self.build_on(region, source, mode))
+    }
+
+    /// The rest of [`build`](Self::build), on a validated configuration, once the buffers and
+    /// the ring (or legacy list) exist: the pool, with every buffer posted.
+    fn build_on(self, region: Mmap, source: Source, mode: Mode) -> Pool {
         let buf_len = self.buf_len as u32;
         let count = self.count as u32;
-        let region = Mmap::anonymous(self.count * self.buf_len, self.huge_pages)?;
         let shared = Arc::new(Shared::new(region, buf_len, count));
-        let (source, mode) = self.register(ring)?;
-        let slots = match &source {
-            Source::Ring(r) => r.entries() as usize,
-            Source::Legacy(l) => l.mask as usize + 1,
+        let (slots, head) = match &source {
+            Source::Ring(r) => (r.entries() as usize, r.tail()),
+            Source::Legacy(l) => (l.mask as usize + 1, l.tail),
         };
         let mut pool = Pool {
             source,
@@ -291,7 +297,8 @@ impl PoolBuilder {
             in_kernel: vec![false; self.count].into_boxed_slice(),
             slot_pos: vec![0; self.count].into_boxed_slice(),
             slots: vec![0; slots].into_boxed_slice(),
-            head: 0,
+            // Where the ring starts (0, unless a detached test ring starts elsewhere).
+            head,
             pending: 0,
             stats: PoolStats {
                 buffers: count,
@@ -302,7 +309,7 @@ impl PoolBuilder {
             pool.post(bid);
         }
         pool.publish();
-        Ok(pool)
+        pool
     }
 }
 
@@ -748,7 +755,7 @@ impl Pool {
             }
             return Ok(match result {
                 0 => Completion::EndOfStream,
-                r => Completion::Failed(io::Error::from_raw_os_error(-r)),
+                r => Completion::Failed(io::Error::from_raw_os_error(r.wrapping_neg())),
             });
         }
         if !last {
@@ -771,7 +778,9 @@ impl Pool {
                 self.stats.enobufs += 1;
                 Ok(Completion::NoBuffers.into())
             }
-            r if r < 0 => Ok(Completion::Failed(io::Error::from_raw_os_error(-r)).into()),
+            r if r < 0 => {
+                Ok(Completion::Failed(io::Error::from_raw_os_error(r.wrapping_neg())).into())
+            }
             r => self.reject(BadCompletion::DataWithoutBuffer { res: r }),
         }
     }
@@ -845,3 +854,7 @@ impl Pool {
         Err(Error::BadCompletion(why))
     }
 }
+
+// Pools on ring memory that no kernel reads, for the kernel model (tests only).
+#[cfg(feature = "model")]
+mod detached;

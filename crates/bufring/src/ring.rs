@@ -375,3 +375,7 @@ impl Drop for BufRing {
         let _ = sys::unregister_pbuf_ring(self.fd.as_raw_fd(), self.bgid);
     }
 }
+
+// Ring memory that no kernel reads, for the kernel model (tests only).
+#[cfg(feature = "model")]
+mod detached;
