@@ -246,3 +246,28 @@ fn repeated_create_and_teardown_reuses_the_bgid() {
         drop(pool);
     }
 }
+
+#[test]
+fn a_chunk_becomes_bytes_without_a_copy() {
+    let mut ring = ring_or_return!();
+    let mut pool = Pool::builder(12)
+        .count(2)
+        .buf_len(4096)
+        .build(&ring)
+        .unwrap();
+    let (rx, mut tx) = common::tcp_pair();
+    common::push(&mut ring, &pool.recv(rx.as_raw_fd()));
+    tx.write_all(b"zero copy").unwrap();
+    let (_, res, flags) = common::reap(&mut ring, Duration::from_secs(5))[0];
+    let chunk = pool.complete(res, flags).unwrap().into_chunk().unwrap();
+    let addr = chunk.as_ptr();
+    let bytes = bytes::Bytes::from_owner(chunk);
+    assert_eq!(&bytes[..], b"zero copy");
+    assert_eq!(bytes.as_ptr(), addr, "the same memory, not a copy");
+    drop(bytes);
+    assert_eq!(
+        pool.publish(),
+        1,
+        "dropping the Bytes gives the buffer back"
+    );
+}
