@@ -337,20 +337,7 @@ impl Framing for Delimited {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream::test_chunks::Buffers;
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::stream::test_chunks::{Buffers, Rng};
 
     /// Pushes `wire` in random pieces: each piece continues the current buffer (adjacent, so it
     /// merges) or, at random, starts a fresh buffer. Decodes after every push and returns the

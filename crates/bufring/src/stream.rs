@@ -267,6 +267,22 @@ pub(crate) mod test_chunks {
     use crate::chunk::{Chunk, Shared};
     use crate::mem::{HugePages, Mmap};
 
+    /// A small xorshift generator for the unit tests' random piece sizes.
+    pub(crate) struct Rng(pub(crate) u64);
+
+    impl Rng {
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        pub(crate) fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
     /// `count` buffers of `buf_len` bytes, as a pool would have them.
     pub(crate) struct Buffers(Arc<Shared>);
 
@@ -298,24 +314,11 @@ pub(crate) mod test_chunks {
 
 #[cfg(test)]
 mod tests {
-    use super::test_chunks::Buffers;
+    use super::test_chunks::{Buffers, Rng};
     use super::*;
 
     fn naive_find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
         (from..=hay.len().checked_sub(needle.len())?).find(|&i| &hay[i..i + needle.len()] == needle)
-    }
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
     }
 
     #[test]
