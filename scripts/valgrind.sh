@@ -9,10 +9,12 @@
 #   VALGRIND_ALL=1 scripts/valgrind.sh  # the load tests too (slow; their wall-clock
 #                                       # deadlines may expire under memcheck)
 #
-# Skipped unless VALGRIND_ALL=1 or named: integrity, recv_bundles, recv_incremental_modes.
-# They push megabytes through paced loops with 60-120 s deadlines, which memcheck's 20-50x
-# slowdown overruns (they time out; no memcheck error was seen in them). The same paths run
-# under memcheck in the smaller kernel tests and in the property tests.
+# Skipped unless VALGRIND_ALL=1 or named: integrity, recv_bundles, recv_incremental_modes,
+# lifecycle's exhaustion_rearm_nothing_lost_*, recv_files' pipe_read_multishot_*, frame's
+# *_frames_* and recv_legacy's *_stream and legacy_emulated_bundle_api tests. They push megabytes through paced loops
+# with wall-clock deadlines, which memcheck's 20-50x slowdown overruns (they time out; no
+# memcheck error was seen in them). The same paths run under memcheck in the smaller kernel
+# tests and in the property tests.
 #
 # Leaks are reported but are not errors (VALGRIND_LEAKS=1 makes definite leaks errors): a
 # legacy pool dropped while the kernel may still hold its buffers keeps their memory mapped
@@ -66,10 +68,20 @@ for t in "${targets[@]}"; do
     echo "== valgrind memcheck: $name"
     ran=$((ran + 1))
     skip=()
-    if [ "$name" = prop_pool ] && [ -z "${VALGRIND_ALL:-}" ]; then
-        # 32768 buffers drained one CQE at a time: a minute under memcheck, and no memory
-        # path that the smaller programs miss. VALGRIND_ALL=1 runs it too.
-        skip=(--skip largest_pool_with_a_wrapping_tail)
+    if [ -z "${VALGRIND_ALL:-}" ]; then
+        case "$name" in
+            # 32768 buffers drained one CQE at a time: a minute under memcheck, and no memory
+            # path that the smaller programs miss.
+            prop_pool) skip=(--skip largest_pool_with_a_wrapping_tail) ;;
+            # Paced exhaustion loops with a wall-clock deadline that memcheck overruns.
+            lifecycle) skip=(--skip exhaustion_rearm_nothing_lost) ;;
+            # 6 MiB through a pipe per test, with a 60 s deadline.
+            recv_files) skip=(--skip pipe_read_multishot) ;;
+            # Framed streams over TCP with a 30 s deadline.
+            frame) skip=(--skip _frames_) ;;
+            # Legacy-buffer streams with deadlines.
+            recv_legacy) skip=(--skip _stream --skip legacy_emulated_bundle_api) ;;
+        esac
     fi
     if ! valgrind --tool=memcheck --error-exitcode=99 -q \
         --leak-check=full --errors-for-leak-kinds="$leak_errors" --show-possibly-lost=no \
