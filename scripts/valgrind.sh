@@ -9,12 +9,13 @@
 #   VALGRIND_ALL=1 scripts/valgrind.sh  # the load tests too (slow; their wall-clock
 #                                       # deadlines may expire under memcheck)
 #
-# Skipped unless VALGRIND_ALL=1 or named: integrity, recv_bundles, recv_incremental_modes,
-# lifecycle's exhaustion_rearm_nothing_lost_*, recv_files' pipe_read_multishot_*, frame's
-# *_frames_* and recv_legacy's *_stream and legacy_emulated_bundle_api tests. They push megabytes through paced loops
-# with wall-clock deadlines, which memcheck's 20-50x slowdown overruns (they time out; no
-# memcheck error was seen in them). The same paths run under memcheck in the smaller kernel
-# tests and in the property tests.
+# Skipped unless VALGRIND_ALL=1: the test binaries integrity, recv_bundles and
+# recv_incremental_modes, and lifecycle's exhaustion_rearm_nothing_lost_*, recv_files'
+# pipe_read_multishot_*, frame's *_frames_*, recv_legacy's *_stream and
+# legacy_emulated_bundle_api. They push megabytes through paced loops with wall-clock
+# deadlines, which memcheck's 20-50x slowdown overruns (they time out; no memcheck error was
+# seen in them). The same paths run under memcheck in the smaller kernel tests and in the
+# property tests.
 #
 # Leaks are reported but are not errors (VALGRIND_LEAKS=1 makes definite leaks errors): a
 # legacy pool dropped while the kernel may still hold its buffers keeps their memory mapped
@@ -24,7 +25,7 @@
 # and buffers are mmap'd memory it already treats as defined, so the kernel's writes into them
 # need no annotations. What valgrind cannot see is the kernel writing into our buffers from
 # its own context: memcheck checks our accesses to them, not the kernel's. Valgrind runs one
-# thread at a time, so the tests' timeouts are generous and the case counts are lowered here.
+# thread at a time, so the case counts are lowered here.
 #
 # Miri and the sanitizers (ASan, TSan, MSan) need a nightly toolchain, which the project's
 # machines do not have; valgrind and loom are what run on stable.
