@@ -11,8 +11,7 @@
 #
 # Skipped unless VALGRIND_ALL=1: the test binaries integrity, recv_bundles and
 # recv_incremental_modes, and lifecycle's exhaustion_rearm_nothing_lost_*, recv_files'
-# pipe_read_multishot_*, frame's *_frames_*, recv_legacy's *_stream and
-# legacy_emulated_bundle_api. They push megabytes through paced loops with wall-clock
+# pipe_read_multishot_*, frame's *_frames_*, recv_legacy's *_stream and *_bundle_api*. They push megabytes through paced loops with wall-clock
 # deadlines, which memcheck's 20-50x slowdown overruns (they time out; no memcheck error was
 # seen in them). The same paths run under memcheck in the smaller kernel tests and in the
 # property tests.
@@ -81,7 +80,7 @@ for t in "${targets[@]}"; do
             # Framed streams over TCP with a 30 s deadline.
             frame) skip=(--skip _frames_) ;;
             # Legacy-buffer streams with deadlines.
-            recv_legacy) skip=(--skip _stream --skip legacy_emulated_bundle_api) ;;
+            recv_legacy) skip=(--skip _stream --skip _bundle_api) ;;
         esac
     fi
     if ! valgrind --tool=memcheck --error-exitcode=99 -q \
