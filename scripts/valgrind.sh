@@ -9,9 +9,9 @@
 #   VALGRIND_ALL=1 scripts/valgrind.sh  # the load tests too (slow; their wall-clock
 #                                       # deadlines may expire under memcheck)
 #
-# Skipped unless VALGRIND_ALL=1: the test binaries integrity, recv_bundles and
-# recv_incremental_modes, and lifecycle's exhaustion_rearm_nothing_lost_*, recv_files'
-# pipe_read_multishot_*, frame's *_frames_*, recv_legacy's *_stream and *_bundle_api*. They push megabytes through paced loops with wall-clock
+# Skipped unless VALGRIND_ALL=1: the test binaries integrity, recv_bundles,
+# recv_incremental_modes and frame, and lifecycle's exhaustion_rearm_nothing_lost_*,
+# recv_files' pipe_read_multishot_*, recv_legacy's *_stream and *_bundle_api*. They push megabytes through paced loops with wall-clock
 # deadlines, which memcheck's 20-50x slowdown overruns (they time out; no memcheck error was
 # seen in them). The same paths run under memcheck in the smaller kernel tests and in the
 # property tests.
@@ -59,7 +59,7 @@ for t in "${targets[@]}"; do
         [[ "$want" == *" $name "* ]] || continue
     elif [ -z "${VALGRIND_ALL:-}" ]; then
         case "$name" in
-            integrity | recv_bundles | recv_incremental_modes)
+            integrity | recv_bundles | recv_incremental_modes | frame)
                 echo "== valgrind memcheck: $name skipped (load test; VALGRIND_ALL=1 runs it)"
                 continue
                 ;;
@@ -77,8 +77,6 @@ for t in "${targets[@]}"; do
             lifecycle) skip=(--skip exhaustion_rearm_nothing_lost) ;;
             # 6 MiB through a pipe per test, with a 60 s deadline.
             recv_files) skip=(--skip pipe_read_multishot) ;;
-            # Framed streams over TCP with a 30 s deadline.
-            frame) skip=(--skip _frames_) ;;
             # Legacy-buffer streams with deadlines.
             recv_legacy) skip=(--skip _stream --skip _bundle_api) ;;
         esac
