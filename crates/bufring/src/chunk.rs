@@ -250,6 +250,11 @@ impl Chunk {
     }
 
     /// Whether `next` begins exactly where this chunk ends, in the same buffer.
+    ///
+    /// This is adjacency in memory, not in a stream: when several sockets share an incremental
+    /// pool, or on emulated pools, pieces of different streams (or out of stream order) can sit
+    /// side by side. Merge only chunks you know follow each other in one stream
+    /// ([`RecvStream`](crate::RecvStream) does).
     pub fn is_adjacent(&self, next: &Chunk) -> bool {
         Arc::ptr_eq(&self.shared, &next.shared)
             && self.bid == next.bid
@@ -257,7 +262,7 @@ impl Chunk {
     }
 
     /// Appends `next` if it is adjacent (see [`is_adjacent`](Self::is_adjacent)), without
-    /// copying; otherwise gives it back.
+    /// copying; otherwise gives it back. Only for chunks that follow each other in one stream.
     pub fn try_merge(&mut self, next: Chunk) -> Result<(), Chunk> {
         if !self.is_adjacent(&next) {
             return Err(next);

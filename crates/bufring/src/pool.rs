@@ -334,7 +334,9 @@ fn rings_missing(e: &Error) -> bool {
 pub struct PoolStats {
     /// Buffers in the pool.
     pub buffers: u32,
-    /// Buffers posted in the ring (including a partly filled incremental buffer).
+    /// Buffers posted in the ring (including a partly filled incremental buffer). Counted when
+    /// a buffer is posted: on emulated pools the rest of a part-used buffer counts before
+    /// [`Pool::publish`] writes its entry, so this is exact after every publish.
     pub in_kernel: u32,
     /// Buffers retired by the kernel and not yet posted again.
     pub with_app: u32,
