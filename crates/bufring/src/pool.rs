@@ -480,7 +480,7 @@ impl std::fmt::Debug for Pool {
             .field("buf_len", &self.buf_len())
             .field("incremental", &self.incremental())
             .field("backend", &self.backend())
-            .field("stats", &self.stats)
+            .field("stats", &self.stats())
             .finish()
     }
 }
@@ -585,7 +585,11 @@ impl Pool {
 
     /// The counters.
     pub fn stats(&self) -> PoolStats {
-        self.stats
+        PoolStats {
+            // Derived here rather than counted per completion (hot path).
+            bytes_retired: self.stats.buffers_retired * u64::from(self.shared.buf_len),
+            ..self.stats
+        }
     }
 
     /// Where the next byte lands in buffer `bid` (0 unless it is partly filled).
@@ -868,7 +872,6 @@ impl Pool {
             self.stats.with_app += 1;
             self.stats.peak_with_app = self.stats.peak_with_app.max(self.stats.with_app);
             self.stats.buffers_retired += 1;
-            self.stats.bytes_retired += u64::from(self.shared.buf_len);
             self.stats.bytes_used_retired += u64::from(p.offset + p.len);
             true
         }
