@@ -59,13 +59,7 @@ impl Iterator for Bundle {
         let p = self.pieces[i as usize];
         let last = !(i + 1 == self.n && self.keep_final);
         // The reference this chunk gives back was taken when the bundle was accepted.
-        Some(Chunk::new(
-            Arc::clone(&self.shared),
-            p.bid,
-            p.offset,
-            p.len,
-            last,
-        ))
+        Some(Chunk::new(&self.shared, p.bid, p.offset, p.len, last))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -79,7 +73,14 @@ impl ExactSizeIterator for Bundle {}
 impl Drop for Bundle {
     fn drop(&mut self) {
         while self.next < self.n {
-            self.shared.release(self.pieces[self.next as usize].bid);
+            // SAFETY: the `Arc`'s pointer; the bundle gives up the piece's reference and its
+            // own `Arc` keeps the `Shared` alive.
+            unsafe {
+                Shared::release(
+                    Arc::as_ptr(&self.shared),
+                    self.pieces[self.next as usize].bid,
+                )
+            };
             self.next += 1;
         }
     }
@@ -131,7 +132,7 @@ impl From<Completion> for BundleCompletion {
     fn from(c: Completion) -> Self {
         match c {
             Completion::Data { chunk, more } => {
-                let shared = Arc::clone(chunk.shared());
+                let shared = chunk.shared_arc();
                 let mut pieces = [Piece::default(); MAX_BUNDLE];
                 pieces[0] = Piece {
                     bid: chunk.bid(),

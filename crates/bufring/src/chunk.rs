@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 // The return path runs on loom's atomics under `--cfg loom`, so loom can check every
@@ -16,9 +17,23 @@ use std::sync::atomic::{fence, AtomicU32, Ordering};
 use crate::mem::Mmap;
 
 const NIL: u32 = u32::MAX;
+/// On the return stack once the pool is gone: a releaser then frees the buffer itself.
+const CLOSED: u32 = u32::MAX - 1;
 
 /// What chunks share with their pool: the buffer memory, a reference count per buffer and the
 /// lock-free stack on which released buffers travel back to the pool's owner.
+///
+/// # Lifetime
+/// Chunks hold no `Arc` of their own: a `Shared` lives in an `Arc` whose strong count is the
+/// pool's own plus one per buffer the pool was built with. A buffer's count goes where the
+/// buffer goes: it stays with the pool while the pool holds the buffer (posted, or idle), and
+/// travels with the buffer's last reference onto the return stack, from which the pool takes it
+/// back when it drains (re-posting keeps it: no atomic operation). So while any reference to a
+/// buffer lives, some count keeps the memory. When the pool goes, it [`close`](Self::close)s the
+/// stack and drops the counts of the buffers it holds; a buffer still referenced then drops its
+/// count when its last reference is released (it finds the stack closed). Test code that
+/// builds a `Shared` without per-buffer counts keeps its own `Arc` alive instead, and never
+/// closes.
 pub(crate) struct Shared {
     region: Mmap,
     pub(crate) buf_len: u32,
@@ -64,10 +79,20 @@ impl Shared {
         self.refs[bid as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Drops one reference; the last one sends the buffer back to the owner.
+    /// Drops one reference; the last one sends the buffer back to the owner, or, once the pool
+    /// is gone, drops the buffer's strong count (which may free `this`).
+    ///
+    /// # Safety
+    /// `this` comes from [`Arc::as_ptr`] (or `Arc::into_raw`) of the `Arc` holding this
+    /// `Shared`, the caller holds a reference to `bid` (which keeps the allocation alive, see
+    /// [`Shared`]), and gives it up here: it must not touch `this` afterwards unless it holds
+    /// an `Arc` of its own.
     #[inline]
-    pub(crate) fn release(&self, bid: u16) {
-        let refs = &self.refs[bid as usize];
+    pub(crate) unsafe fn release(this: *const Shared, bid: u16) {
+        // SAFETY: the caller's reference to `bid` keeps the allocation alive until the count
+        // is dropped below, after the last use of `s`.
+        let s = unsafe { &*this };
+        let refs = &s.refs[bid as usize];
         if refs.load(Ordering::Acquire) == 1 {
             // We hold the only reference, so nobody can take another one (that needs a
             // reference already): skip the atomic read-modify-write, the common case of a
@@ -81,10 +106,18 @@ impl Shared {
             // Every other holder's reads of the buffer happen before it is handed back.
             fence(Ordering::Acquire);
         }
-        let mut top = self.returns.load(Ordering::Relaxed);
+        let mut top = s.returns.load(Ordering::Relaxed);
         loop {
-            self.next[bid as usize].store(top, Ordering::Relaxed);
-            match self.returns.compare_exchange_weak(
+            if top == CLOSED {
+                // The pool is gone and will not take the buffer: drop the count it would have.
+                // SAFETY: `this` is the `Arc`'s pointer (caller's contract) and buffer `bid`'s
+                // strong count is ours now (its last reference just went); `s` is not used
+                // after this.
+                unsafe { Arc::decrement_strong_count(this) };
+                return;
+            }
+            s.next[bid as usize].store(top, Ordering::Relaxed);
+            match s.returns.compare_exchange_weak(
                 top,
                 bid as u32,
                 Ordering::Release,
@@ -102,9 +135,23 @@ impl Shared {
         self.returns.load(Ordering::Relaxed) != NIL
     }
 
-    /// Takes every released bid at once and calls `f` on each.
-    pub(crate) fn drain_returns(&self, mut f: impl FnMut(u16)) {
-        let mut bid = self.returns.swap(NIL, Ordering::Acquire);
+    /// Takes every released bid at once and calls `f` on each (with the bid comes its strong
+    /// count, see [`Shared`]).
+    #[inline]
+    pub(crate) fn drain_returns(&self, f: impl FnMut(u16)) {
+        self.take_returns(NIL, f)
+    }
+
+    /// The pool is going: takes every released bid (calls `f` on each) and closes the stack,
+    /// so that later releases drop their buffer's strong count themselves.
+    pub(crate) fn close(&self, f: impl FnMut(u16)) {
+        self.take_returns(CLOSED, f)
+    }
+
+    #[inline]
+    fn take_returns(&self, new_top: u32, mut f: impl FnMut(u16)) {
+        let mut bid = self.returns.swap(new_top, Ordering::Acquire);
+        debug_assert_ne!(bid, CLOSED, "the return stack is closed once");
         while bid != NIL {
             let next = self.next[bid as usize].load(Ordering::Relaxed);
             f(bid as u16);
@@ -129,7 +176,8 @@ impl Shared {
 /// hand the bytes to code that wants `bytes::Bytes`, `Bytes::from_owner(chunk)` wraps it
 /// without copying.
 pub struct Chunk {
-    shared: Arc<Shared>,
+    /// `Arc::as_ptr` of the pool's `Shared`; the chunk's reference to `bid` keeps it alive.
+    shared: NonNull<Shared>,
     ptr: *mut u8,
     len: u32,
     offset: u32,
@@ -137,20 +185,24 @@ pub struct Chunk {
     last: bool,
 }
 
-// SAFETY: a chunk owns a disjoint byte range of memory kept alive by its `Arc<Shared>`; the
-// kernel writes only ranges no chunk covers; the release path is atomic.
+// SAFETY: a chunk owns a disjoint byte range of memory kept alive by its buffer's strong count
+// on the `Shared` (see `Shared`); `Shared` is `Send + Sync`; the kernel writes only ranges no
+// chunk covers; the release path is atomic.
 unsafe impl Send for Chunk {}
 // SAFETY: `&Chunk` only reads its bytes.
 unsafe impl Sync for Chunk {}
 
 impl Chunk {
     /// Wraps `[offset, offset + len)` of buffer `bid`. The caller has taken the reference the
-    /// chunk will give back.
+    /// chunk will give back; that reference keeps `shared` alive (see [`Shared`]).
     #[inline]
-    pub(crate) fn new(shared: Arc<Shared>, bid: u16, offset: u32, len: u32, last: bool) -> Self {
+    pub(crate) fn new(shared: &Arc<Shared>, bid: u16, offset: u32, len: u32, last: bool) -> Self {
         // SAFETY: `offset + len <= buf_len` was checked by the pool, so the pointer is inside
         // buffer `bid`.
         let ptr = unsafe { shared.buf_addr(bid).add(offset as usize) };
+        // SAFETY: `Arc::as_ptr` is never null. (It keeps the provenance of the whole `Arc`
+        // allocation, which `Arc::decrement_strong_count` in `release` needs.)
+        let shared = unsafe { NonNull::new_unchecked(Arc::as_ptr(shared).cast_mut()) };
         Chunk {
             shared,
             ptr,
@@ -162,8 +214,20 @@ impl Chunk {
     }
 
     /// What the chunk shares with its pool.
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    #[inline]
+    fn shared(&self) -> &Shared {
+        // SAFETY: the chunk's reference to its buffer keeps the `Shared` alive (see `Shared`).
+        unsafe { self.shared.as_ref() }
+    }
+
+    /// A new `Arc` of what the chunk shares with its pool.
+    pub(crate) fn shared_arc(&self) -> Arc<Shared> {
+        // SAFETY: `self.shared` is the `Arc`'s pointer, and the chunk's reference keeps the
+        // strong count above zero, so taking one more and wrapping it is sound.
+        unsafe {
+            Arc::increment_strong_count(self.shared.as_ptr());
+            Arc::from_raw(self.shared.as_ptr())
+        }
     }
 
     /// The buffer id.
@@ -195,7 +259,7 @@ impl Chunk {
 
     /// The buffer's full length.
     pub fn buf_len(&self) -> u32 {
-        self.shared.buf_len
+        self.shared().buf_len
     }
 
     /// Skips the first `n` bytes. Panics if `n > len`, like slicing does.
@@ -225,9 +289,9 @@ impl Chunk {
             "split_to {at} past the end of a {}-byte chunk",
             self.len
         );
-        self.shared.acquire(self.bid);
+        self.shared().acquire(self.bid);
         let front = Chunk {
-            shared: Arc::clone(&self.shared),
+            shared: self.shared,
             ptr: self.ptr,
             len: at as u32,
             offset: self.offset,
@@ -256,9 +320,7 @@ impl Chunk {
     /// side by side. Merge only chunks you know follow each other in one stream
     /// ([`RecvStream`](crate::RecvStream) does).
     pub fn is_adjacent(&self, next: &Chunk) -> bool {
-        Arc::ptr_eq(&self.shared, &next.shared)
-            && self.bid == next.bid
-            && self.offset + self.len == next.offset
+        self.shared == next.shared && self.bid == next.bid && self.offset + self.len == next.offset
     }
 
     /// Appends `next` if it is adjacent (see [`is_adjacent`](Self::is_adjacent)), without
@@ -279,7 +341,8 @@ impl Deref for Chunk {
     #[inline]
     fn deref(&self) -> &[u8] {
         // SAFETY: `ptr..ptr+len` lies inside buffer `bid`, which the kernel no longer writes
-        // (the range was committed in a completion) and which stays mapped while `shared` lives.
+        // (the range was committed in a completion) and which stays mapped while the chunk's
+        // reference to the buffer lives.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len as usize) }
     }
 }
@@ -306,7 +369,9 @@ impl AsMut<[u8]> for Chunk {
 impl Drop for Chunk {
     #[inline]
     fn drop(&mut self) {
-        self.shared.release(self.bid);
+        // SAFETY: `shared` is the `Arc`'s pointer and the chunk gives up its reference here;
+        // nothing touches `shared` afterwards.
+        unsafe { Shared::release(self.shared.as_ptr(), self.bid) };
     }
 }
 
@@ -345,7 +410,7 @@ mod tests {
             shared.hold(bid);
         }
         let chunks: Vec<Chunk> = (0..4)
-            .map(|bid| Chunk::new(Arc::clone(&shared), bid, 0, 16, true))
+            .map(|bid| Chunk::new(&shared, bid, 0, 16, true))
             .collect();
         let handles: Vec<_> = chunks
             .into_iter()
@@ -359,5 +424,46 @@ mod tests {
         got.sort();
         assert_eq!(got, [0, 1, 2, 3]);
         assert!(!shared.has_returns());
+    }
+
+    /// The pool's protocol (one strong count per buffer, `close` when the pool goes): the
+    /// memory is freed once the last chunk is gone, whichever goes last, and not before.
+    #[test]
+    fn closing_frees_the_memory_with_the_last_chunk() {
+        let region = Mmap::anonymous(3 * 16, crate::HugePages::Off).unwrap();
+        let shared = Arc::new(Shared::new(region, 16, 3));
+        for _ in 0..3 {
+            std::mem::forget(Arc::clone(&shared));
+        }
+        let weak = Arc::downgrade(&shared);
+        for bid in 0..3 {
+            shared.hold(bid);
+        }
+        let early = Chunk::new(&shared, 0, 0, 16, true); // returned before the close
+        let late = Chunk::new(&shared, 1, 0, 16, true); // outlives the pool
+        shared.acquire(2);
+        let mut split = Chunk::new(&shared, 2, 0, 8, false); // buffer 2 stays with the kernel
+        let piece = split.split_to(4);
+        drop(early);
+        // What `Pool::drop` does.
+        let ptr = Arc::as_ptr(&shared);
+        let mut closed = Vec::new();
+        shared.close(|bid| {
+            closed.push(bid);
+            // SAFETY: the count of a bid on the stack is the closer's; `shared` is alive.
+            unsafe { Arc::decrement_strong_count(ptr) }
+        });
+        assert_eq!(closed, [0]);
+        // SAFETY: the kernel's reference to buffer 2 is ours to give up; `shared` is alive.
+        unsafe { Shared::release(ptr, 2) };
+        drop(shared);
+        assert_eq!(weak.strong_count(), 2, "buffers 1 and 2 keep the memory");
+        assert_eq!(&late[..], &[0u8; 16][..]);
+        drop(split);
+        drop(late);
+        assert_eq!(weak.strong_count(), 1);
+        assert_eq!(piece.len(), 4);
+        drop(piece);
+        assert!(weak.upgrade().is_none(), "the last chunk frees the memory");
     }
 }

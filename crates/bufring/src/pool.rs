@@ -284,6 +284,11 @@ impl PoolBuilder {
         let buf_len = self.buf_len as u32;
         let count = self.count as u32;
         let shared = Arc::new(Shared::new(region, buf_len, count));
+        // One strong count per buffer, which goes where the buffer goes (see `Shared`): chunks
+        // keep the memory alive through it and need no `Arc` of their own.
+        for _ in 0..count {
+            std::mem::forget(Arc::clone(&shared));
+        }
         let (slots, head) = match &source {
             Source::Ring(r) => (r.entries() as usize, r.tail()),
             Source::Legacy(l) => (l.mask as usize + 1, l.tail),
@@ -477,13 +482,30 @@ impl std::fmt::Debug for Pool {
             .field("buf_len", &self.buf_len())
             .field("incremental", &self.incremental())
             .field("backend", &self.backend())
-            .field("stats", &self.stats)
+            .field("stats", &self.stats())
             .finish()
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        // Give up the strong counts of the buffers the pool holds (see `Shared`): those
+        // returned but not re-posted, and, dropping the kernel's reference, those the kernel
+        // holds (a buffer that still has chunks passes its count to its last chunk). Buffers
+        // with the application drop theirs when their last reference goes: the stack is closed.
+        // The pool's own `Arc` keeps the memory until the ring is unregistered (field order).
+        let ptr = Arc::as_ptr(&self.shared);
+        // SAFETY: the count of each bid on the stack is the pool's now, and the pool's own
+        // `Arc` keeps the count above zero here.
+        self.shared
+            .close(|_| unsafe { Arc::decrement_strong_count(ptr) });
+        for (bid, held) in self.in_kernel.iter().enumerate() {
+            if *held {
+                // SAFETY: `ptr` is the `Arc`'s pointer, the kernel's reference to `bid` is the
+                // pool's to give up, and the pool's own `Arc` outlives the call.
+                unsafe { Shared::release(ptr, bid as u16) };
+            }
+        }
         if let Source::Legacy(l) = &self.source {
             if l.provided > 0 {
                 // The kernel may still hold some buffers (there is no way to take them back
@@ -565,7 +587,11 @@ impl Pool {
 
     /// The counters.
     pub fn stats(&self) -> PoolStats {
-        self.stats
+        PoolStats {
+            // Derived here rather than counted per completion (hot path).
+            bytes_retired: self.stats.buffers_retired * u64::from(self.shared.buf_len),
+            ..self.stats
+        }
     }
 
     /// Where the next byte lands in buffer `bid` (0 unless it is partly filled).
@@ -602,6 +628,7 @@ impl Pool {
     }
 
     /// Hands buffer `bid`, whole, to the kernel: the kernel's reference starts now.
+    #[inline]
     fn post(&mut self, bid: u16) {
         self.shared.hold(bid);
         self.stats.in_kernel += 1;
@@ -753,7 +780,9 @@ impl Pool {
             // Nothing to hand out: a retired buffer loses the kernel's reference and goes back
             // at the next publish.
             if last {
-                self.shared.release(bid);
+                // SAFETY: the `Arc`'s pointer; we give up the kernel's reference and our own
+                // `Arc` keeps the `Shared` alive.
+                unsafe { Shared::release(Arc::as_ptr(&self.shared), bid) };
             }
             return Ok(match result {
                 0 => Completion::EndOfStream,
@@ -765,7 +794,7 @@ impl Pool {
             // chunk inherits the kernel's.
             self.shared.acquire(bid);
         }
-        let chunk = Chunk::new(Arc::clone(&self.shared), bid, offset, len, last);
+        let chunk = Chunk::new(&self.shared, bid, offset, len, last);
         Ok(Completion::Data {
             chunk,
             more: f.more(),
@@ -845,7 +874,6 @@ impl Pool {
             self.stats.with_app += 1;
             self.stats.peak_with_app = self.stats.peak_with_app.max(self.stats.with_app);
             self.stats.buffers_retired += 1;
-            self.stats.bytes_retired += u64::from(self.shared.buf_len);
             self.stats.bytes_used_retired += u64::from(p.offset + p.len);
             true
         }

@@ -249,6 +249,7 @@ impl BufRing {
     }
 
     /// `entries - 1`: the index of tail `t` is `t & mask` (liburing's `io_uring_buf_ring_mask`).
+    #[inline]
     pub fn mask(&self) -> u16 {
         self.mask
     }
@@ -269,6 +270,7 @@ impl BufRing {
     }
 
     /// The tail as published to the kernel.
+    #[inline]
     pub fn tail(&self) -> u16 {
         self.tail
     }
@@ -278,10 +280,12 @@ impl BufRing {
         self.fd.as_raw_fd()
     }
 
+    #[inline]
     fn bufs(&self) -> *mut IoUringBuf {
         self.mem.as_ptr().cast()
     }
 
+    #[inline]
     fn tail_atomic(&self) -> &AtomicU16 {
         // SAFETY: the tail is the u16 at byte 14 of the ring (bufs[0].resv); the mapping is
         // page aligned so the u16 is aligned, lives as long as `self`, and is only ever
@@ -296,6 +300,7 @@ impl BufRing {
     /// `addr..addr+len` must be memory the kernel may write into until the buffer comes back in
     /// a completion, and the entry must be one the kernel does not own: at most
     /// `entries - available` entries may be pending.
+    #[inline]
     pub unsafe fn add(&mut self, addr: u64, len: u32, bid: u16, offset: u16) {
         let idx = (self.tail.wrapping_add(offset) & self.mask) as usize;
         // SAFETY: idx < entries, so the entry is inside the mapping; the caller guarantees the
@@ -310,6 +315,7 @@ impl BufRing {
 
     /// Publishes `count` added entries with one release store of the tail: liburing's
     /// `io_uring_buf_ring_advance`.
+    #[inline]
     pub fn advance(&mut self, count: u16) {
         self.tail = self.tail.wrapping_add(count);
         self.tail_atomic().store(self.tail, Ordering::Release);

@@ -307,7 +307,7 @@ pub(crate) mod test_chunks {
                 );
             }
             self.0.acquire(bid);
-            Chunk::new(Arc::clone(&self.0), bid, offset, bytes.len() as u32, false)
+            Chunk::new(&self.0, bid, offset, bytes.len() as u32, false)
         }
     }
 }

@@ -21,7 +21,7 @@ fn shared(count: u32) -> Arc<Shared> {
 /// kernel's reference.
 fn retired(shared: &Arc<Shared>, bid: u16, off: u32, len: u32) -> Chunk {
     shared.hold(bid);
-    Chunk::new(Arc::clone(shared), bid, off, len, true)
+    Chunk::new(shared, bid, off, len, true)
 }
 
 /// Two pieces of one buffer dropped on two threads while the owner drains: the buffer comes
@@ -102,5 +102,56 @@ fn loom_return_happens_after_every_use() {
         }
         t1.join().unwrap();
         t2.join().unwrap();
+    });
+}
+
+/// `shared(count)` with one strong count per buffer, as a pool holds them.
+fn pool_shared(count: u32) -> Arc<Shared> {
+    let s = shared(count);
+    for _ in 0..count {
+        std::mem::forget(Arc::clone(&s));
+    }
+    s
+}
+
+/// The pool goes away while chunks are dropped on other threads: every buffer's strong count
+/// is dropped exactly once, by the pool (taken off the stack at close) or by the releaser that
+/// finds the stack closed, never both, never neither.
+#[test]
+fn loom_close_races_releases() {
+    loom::model(|| {
+        let s = pool_shared(2);
+        let c0 = retired(&s, 0, 0, 8);
+        let c1 = retired(&s, 1, 0, 8);
+        let t1 = thread::spawn(move || drop(c0));
+        let ptr = Arc::as_ptr(&s);
+        // SAFETY: the counts of bids on the stack are the closer's; `s` keeps the Arc alive.
+        s.close(|_| unsafe { Arc::decrement_strong_count(ptr) });
+        drop(c1);
+        t1.join().unwrap();
+        assert_eq!(Arc::strong_count(&s), 1);
+    });
+}
+
+/// A buffer the kernel still holds, with a chunk out (incremental consumption), when the pool
+/// goes: the pool drops the kernel's reference while the chunk is dropped on another thread;
+/// whichever is last drops the buffer's count, once.
+#[test]
+fn loom_close_with_kernel_reference() {
+    loom::model(|| {
+        let s = pool_shared(1);
+        s.hold(0);
+        s.acquire(0);
+        let c = Chunk::new(&s, 0, 0, 4, false);
+        let t1 = thread::spawn(move || drop(c));
+        let ptr = Arc::as_ptr(&s);
+        // SAFETY: as in `Pool::drop`: stack counts are ours, the kernel's reference is ours to
+        // give up, and `s` keeps the Arc alive.
+        s.close(|_| unsafe { Arc::decrement_strong_count(ptr) });
+        // SAFETY: `ptr` is the Arc's pointer, the kernel's reference is ours to give up, and
+        // `s` keeps the Arc alive.
+        unsafe { Shared::release(ptr, 0) };
+        t1.join().unwrap();
+        assert_eq!(Arc::strong_count(&s), 1);
     });
 }
