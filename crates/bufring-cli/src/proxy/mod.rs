@@ -38,7 +38,8 @@ pub struct Args {
     /// Incremental consumption: `auto` uses it when the kernel has it.
     #[arg(long, value_enum, default_value_t = IncrementalArg::Auto)]
     incremental: IncrementalArg,
-    /// Receive and send bundles (not wired into the proxy yet: gives an error).
+    /// Receive with multishot bundle receives: one completion hands over every buffer the
+    /// data filled (an error on kernels without bundles).
     #[arg(long)]
     bundles: bool,
     /// Bytes per buffer.
@@ -104,6 +105,9 @@ pub struct Config {
     /// Cap multishot receives at the backpressure room (Linux 6.17; found out at run time).
     /// Off: pause by cancelling the receive, then one buffer at a time (older kernels' path).
     pub multishot_cap: bool,
+    /// Multishot bundle receives (one completion, several buffers). The pool checks that the
+    /// kernel has them.
+    pub bundles: bool,
 }
 
 impl Config {
@@ -121,6 +125,7 @@ impl Config {
             max_unsent: 256 * 1024,
             drain_timeout: Duration::from_secs(10),
             multishot_cap: true,
+            bundles: false,
         }
     }
 }
@@ -169,6 +174,10 @@ pub struct ThreadStats {
     pub peak_unsent: u64,
     /// Whether multishot receives carry a byte cap (1) or are paused by cancels (0).
     pub multishot_cap: u64,
+    /// Receive completions that brought more than one buffer (bundles).
+    pub multi_buffer_bundles: u64,
+    /// The most buffers one receive completion brought.
+    pub max_bundle_buffers: u64,
     pub pool: PoolStats,
 }
 
@@ -197,6 +206,8 @@ impl ProxyStats {
             t.backpressure_pauses += s.backpressure_pauses;
             t.peak_unsent = t.peak_unsent.max(s.peak_unsent);
             t.multishot_cap = t.multishot_cap.max(s.multishot_cap);
+            t.multi_buffer_bundles += s.multi_buffer_bundles;
+            t.max_bundle_buffers = t.max_bundle_buffers.max(s.max_bundle_buffers);
             let p = &mut t.pool;
             p.buffers += s.pool.buffers;
             p.in_kernel += s.pool.in_kernel;
@@ -211,6 +222,8 @@ impl ProxyStats {
             p.rejected += s.pool.rejected;
             p.reposted += s.pool.reposted;
             p.publishes += s.pool.publishes;
+            p.bundles += s.pool.bundles;
+            p.emulated_reposts += s.pool.emulated_reposts;
         }
         t
     }
@@ -223,7 +236,8 @@ impl fmt::Display for ThreadStats {
             "connections {} accepted, {} active, {} closed, {} refused at the limit, {} upstream \
              failed, {} reset; bytes client->upstream {}, upstream->client {}; pool {} buffers, \
              {} in use now, peak {} in use, utilization {:.2}, ENOBUFS {} ({} re-arms, {} \
-             waiting); backpressure pauses {}, peak unsent {} bytes",
+             waiting); backpressure pauses {}, peak unsent {} bytes; bundles {} ({} of several \
+             buffers, at most {})",
             self.accepted,
             self.active,
             self.closed,
@@ -241,6 +255,9 @@ impl fmt::Display for ThreadStats {
             self.waiting,
             self.backpressure_pauses,
             self.peak_unsent,
+            self.pool.bundles,
+            self.multi_buffer_bundles,
+            self.max_bundle_buffers,
         )
     }
 }
@@ -471,13 +488,6 @@ fn next_signal(fd: &OwnedFd, ms: i32) -> Option<i32> {
 }
 
 pub fn run(args: Args) -> crate::CliResult {
-    if args.bundles {
-        return Err(
-            "--bundles: receive/send bundles are not wired into the proxy yet \
-                    (sends are already batched: queued chunks go out in one sendmsg)"
-                .into(),
-        );
-    }
     if args.buf_size == 0 || args.buffers == 0 {
         return Err("--buf-size and --buffers must be at least 1".into());
     }
@@ -495,12 +505,13 @@ pub fn run(args: Args) -> crate::CliResult {
     cfg.max_unsent = args.max_unsent;
     cfg.drain_timeout = Duration::from_secs_f64(args.drain_timeout);
     cfg.multishot_cap = !args.no_multishot_cap;
+    cfg.bundles = args.bundles;
     let nofile = net::raise_nofile_limit();
     let signals = signal_fd()?;
     let proxy = Proxy::start(cfg.clone()).map_err(|e| e.to_string())?;
     eprintln!(
         "bufring proxy: listening on {}, upstream {}, {} thread(s), {} buffers of {} bytes per \
-         thread, incremental {}, open files limit {nofile}",
+         thread, incremental {}, bundles {}, open files limit {nofile}",
         proxy.local_addr(),
         cfg.upstream,
         cfg.threads,
@@ -511,6 +522,7 @@ pub fn run(args: Args) -> crate::CliResult {
         } else {
             "off"
         },
+        if cfg.bundles { "on" } else { "off" },
     );
     let mut stopping = false;
     while !proxy.is_finished() {

@@ -38,6 +38,21 @@ fn modes() -> Vec<Incremental> {
     m
 }
 
+/// `modes()` with plain multishot receives, then with multishot bundle receives on classic
+/// and kernel-incremental pools where the kernel has them.
+fn modes_with_bundles() -> Vec<(Incremental, bool)> {
+    let mut m: Vec<_> = modes().into_iter().map(|mode| (mode, false)).collect();
+    if let Ok(p) = bufring::Probe::run() {
+        if p.bundles {
+            m.push((Incremental::Off, true));
+        }
+        if p.incremental_bundles {
+            m.push((Incremental::Kernel, true));
+        }
+    }
+    m
+}
+
 fn config(upstream: SocketAddr, mode: Incremental) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -50,6 +65,7 @@ fn config(upstream: SocketAddr, mode: Incremental) -> Config {
         max_unsent: 64 * 1024,
         drain_timeout: Duration::from_secs(5),
         multishot_cap: std::env::var("BUFRING_PROXY_NO_MSHOT_CAP").is_err(),
+        bundles: false,
     }
 }
 
@@ -208,10 +224,11 @@ fn request_response_every_piece_forwarded_at_once() {
         return;
     }
     let up = Upstream::echo();
-    for mode in modes() {
+    for (mode, bundles) in modes_with_bundles() {
         // Big buffers: on an incremental ring, one buffer takes many small messages, so a
         // proxy that waited for full buffers would hang here.
         let mut cfg = config(up.addr, mode);
+        cfg.bundles = bundles;
         cfg.buf_size = 256 * 1024;
         cfg.buffers = 16;
         let proxy = Proxy::start(cfg).unwrap();
@@ -238,7 +255,7 @@ fn request_response_every_piece_forwarded_at_once() {
         assert_eq!(stats.accepted, 8);
         assert_eq!(stats.bytes_up, stats.bytes_down);
         assert_eq!(stats.pool.rejected, 0);
-        eprintln!("{mode:?}: {stats}");
+        eprintln!("{mode:?}/bundles {bundles}: {stats}");
     }
 }
 
@@ -261,10 +278,12 @@ fn large_streams_both_ways_at_once() {
     }
     const LEN: usize = 8 << 20;
     const CONNS: usize = 3;
-    for mode in modes() {
+    for (mode, bundles) in modes_with_bundles() {
         let (tx, rx) = std::sync::mpsc::channel();
         let up = stream_upstream(LEN, tx);
-        let proxy = Proxy::start(config(up.addr, mode)).unwrap();
+        let mut cfg = config(up.addr, mode);
+        cfg.bundles = bundles;
+        let proxy = Proxy::start(cfg).unwrap();
         let addr = proxy.local_addr();
         let clients: Vec<_> = (0..CONNS)
             .map(|_| {
@@ -293,7 +312,19 @@ fn large_streams_both_ways_at_once() {
         assert_eq!(stats.bytes_up, (LEN * CONNS) as u64);
         assert_eq!(stats.bytes_down, (LEN * CONNS) as u64);
         assert_eq!(stats.closed, CONNS as u64);
-        eprintln!("{mode:?}: {stats}");
+        assert_eq!(
+            stats.pool.bundles > 0,
+            bundles,
+            "{mode:?}/bundles {bundles}: {stats}"
+        );
+        // Without the kernel's multishot byte cap the proxy receives plainly even with
+        // `bundles` (see `Worker::arm_recv`).
+        assert_eq!(
+            stats.multi_buffer_bundles > 0,
+            bundles && stats.multishot_cap == 1,
+            "{mode:?}/bundles {bundles}: several buffers per completion: {stats}"
+        );
+        eprintln!("{mode:?}/bundles {bundles}: {stats}");
     }
 }
 
@@ -468,8 +499,9 @@ fn slow_reader_backpressure_keeps_memory_bounded() {
     let data = Arc::new(pattern(3, LEN));
     let d = Arc::clone(&data);
     let up = Upstream::start(move |s| send_all(s, &d));
-    for mode in modes() {
+    for (mode, bundles) in modes_with_bundles() {
         let mut cfg = config(up.addr, mode);
+        cfg.bundles = bundles;
         cfg.threads = 1;
         cfg.buf_size = 4096;
         cfg.buffers = 1024;
@@ -494,15 +526,24 @@ fn slow_reader_backpressure_keeps_memory_bounded() {
         };
         assert!(
             t.pool.peak_with_app <= max_buffers,
-            "{mode:?}: slow reader pinned too many buffers: {t}"
+            "{mode:?}/bundles {bundles}: slow reader pinned too many buffers: {t}"
         );
-        assert!(t.peak_unsent <= max_unsent, "{mode:?}: {t}");
+        assert!(
+            t.peak_unsent <= max_unsent,
+            "{mode:?}/bundles {bundles}: {t}"
+        );
         let got = read_all(&mut s);
-        assert!(got == *data, "{mode:?}: bytes differ");
+        assert!(got == *data, "{mode:?}/bundles {bundles}: bytes differ");
         let t2 = stop(proxy).total();
-        assert!(t2.pool.peak_with_app <= max_buffers, "{mode:?}: {t2}");
+        assert!(
+            t2.pool.peak_with_app <= max_buffers,
+            "{mode:?}/bundles {bundles}: {t2}"
+        );
         let t = t2;
-        eprintln!("{mode:?}: {t}");
+        eprintln!(
+            "{mode:?}/bundles {bundles}: multishot cap {}: {t}",
+            t.multishot_cap
+        );
     }
 }
 
@@ -513,10 +554,11 @@ fn exhausted_pool_both_ways_rearms_and_loses_nothing() {
     }
     const LEN: usize = 1 << 20;
     const CONNS: usize = 6;
-    for mode in modes() {
+    for (mode, bundles) in modes_with_bundles() {
         let (tx, rx) = std::sync::mpsc::channel();
         let up = stream_upstream(LEN, tx);
         let mut cfg = config(up.addr, mode);
+        cfg.bundles = bundles;
         // Four 4 KiB buffers for twelve receives: the ring runs dry all the time.
         cfg.threads = 1;
         cfg.buf_size = 4096;
@@ -548,11 +590,14 @@ fn exhausted_pool_both_ways_rearms_and_loses_nothing() {
             assert!(ok, "upstream bytes differ");
         }
         let t = stop(proxy).total();
-        assert!(t.pool.enobufs > 0, "{mode:?}: the pool never ran dry: {t}");
-        assert!(t.enobufs_rearms > 0, "{mode:?}: {t}");
+        assert!(
+            t.pool.enobufs > 0,
+            "{mode:?}/bundles {bundles}: the pool never ran dry: {t}"
+        );
+        assert!(t.enobufs_rearms > 0, "{mode:?}/bundles {bundles}: {t}");
         assert_eq!(t.bytes_up, (LEN * CONNS) as u64);
         assert_eq!(t.bytes_down, (LEN * CONNS) as u64);
-        eprintln!("{mode:?}: {t}");
+        eprintln!("{mode:?}/bundles {bundles}: {t}");
     }
 }
 

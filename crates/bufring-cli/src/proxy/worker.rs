@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bufring::{Completion, CqeFlags, Pool};
+use bufring::{Bundle, BundleCompletion, Chunk, Completion, CqeFlags, Pool, MAX_BUNDLE};
 use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{opcode, squeue, IoUring};
 
@@ -42,6 +42,56 @@ fn cap_multishot(e: squeue::Entry, total: u32) -> squeue::Entry {
     raw[44..48].copy_from_slice(&total.to_ne_bytes());
     // SAFETY: as above, any 64 bytes are a valid SQE value.
     unsafe { std::mem::transmute(raw) }
+}
+
+/// The chunks one receive completion brought: one, or a bundle of several in order.
+// The bundle (4 KiB) stays inline: boxing it would allocate per completion.
+#[allow(clippy::large_enum_variant)]
+enum Pieces {
+    One(Option<Chunk>),
+    Many(Bundle),
+}
+
+impl Iterator for Pieces {
+    type Item = Chunk;
+    fn next(&mut self) -> Option<Chunk> {
+        match self {
+            Pieces::One(c) => c.take(),
+            Pieces::Many(b) => b.next(),
+        }
+    }
+}
+
+/// A receive completion, plain or bundle, as the forwarding code sees it.
+// Inline for the same reason as `Pieces`.
+#[allow(clippy::large_enum_variant)]
+enum Received {
+    Data(Pieces),
+    EndOfStream,
+    NoBuffers,
+    Failed(io::Error),
+}
+
+impl From<Completion> for Received {
+    fn from(c: Completion) -> Self {
+        match c {
+            Completion::Data { chunk, .. } => Received::Data(Pieces::One(Some(chunk))),
+            Completion::EndOfStream => Received::EndOfStream,
+            Completion::NoBuffers => Received::NoBuffers,
+            Completion::Failed(e) => Received::Failed(e),
+        }
+    }
+}
+
+impl From<BundleCompletion> for Received {
+    fn from(c: BundleCompletion) -> Self {
+        match c {
+            BundleCompletion::Data { chunks, .. } => Received::Data(Pieces::Many(chunks)),
+            BundleCompletion::EndOfStream => Received::EndOfStream,
+            BundleCompletion::NoBuffers => Received::NoBuffers,
+            BundleCompletion::Failed(e) => Received::Failed(e),
+        }
+    }
 }
 
 fn ud(kind: u64, idx: u32, gen: u16) -> u64 {
@@ -96,6 +146,10 @@ pub struct Worker {
     max_chunks: usize,
     /// The kernel honours a byte cap on multishot receives (found at the first refusal).
     mshot_cap: bool,
+    /// Multishot bundle receives instead of plain multishot receives.
+    bundles: bool,
+    /// Bytes per buffer.
+    buf_len: usize,
     drain_timeout: Duration,
     draining: Option<Instant>,
     forced: bool,
@@ -117,6 +171,7 @@ impl Worker {
             .count(cfg.buffers as usize)
             .buf_len(cfg.buf_size as usize)
             .incremental(cfg.incremental)
+            .bundles(cfg.bundles)
             .build(&ring)
             .map_err(|e| format!("buffer pool: {e}"))?;
         let max_chunks = (cfg.buffers as usize / 4).clamp(2, MAX_IOV);
@@ -140,6 +195,8 @@ impl Worker {
             max_unsent: cfg.max_unsent.max(1),
             max_chunks,
             mshot_cap: cfg.multishot_cap,
+            bundles: cfg.bundles,
+            buf_len: cfg.buf_size as usize,
             drain_timeout: cfg.drain_timeout,
             draining: None,
             forced: false,
@@ -549,9 +606,19 @@ impl Worker {
             .clamp(1, u32::MAX as usize);
         let e = if conn.dirs[d].throttled {
             self.pool.recv(conn.src(d))
+        } else if self.mshot_cap && self.bundles {
+            // The cap bounds bundles too (on 6.18 no bundle completion goes past it), and it
+            // keeps every bundle within what one completion may cover (MAX_BUNDLE buffers, one
+            // of them possibly started).
+            let most = (MAX_BUNDLE - 1) * self.buf_len;
+            let e = self.pool.recv_multishot_bundle(conn.src(d));
+            cap_multishot(e, room.min(most) as u32)
         } else if self.mshot_cap {
             cap_multishot(self.pool.recv_multishot(conn.src(d)), room as u32)
         } else {
+            // Without the cap, bundles stay off: a bundle completion can take hundreds of
+            // buffers before a cancel lands (the kernel appends what else is queued in the
+            // socket, whatever sqe->len says), so the cancel path receives plainly.
             self.pool.recv_multishot(conn.src(d))
         };
         let e = e.user_data(ud(K_RECV + d as u64, idx, conn.gen));
@@ -577,7 +644,13 @@ impl Worker {
 
     fn on_recv(&mut self, idx: u32, d: usize, res: i32, flags: u32) {
         let more = CqeFlags(flags).more();
-        let completion = self.pool.complete(res, flags);
+        // A bundle CQE may cover several buffers; the plain receives of the throttled path are
+        // bundles of one to `complete_bundle`.
+        let completion = if self.bundles {
+            self.pool.complete_bundle(res, flags).map(Received::from)
+        } else {
+            self.pool.complete(res, flags).map(Received::from)
+        };
         let (max_unsent, max_chunks, mshot_cap) =
             (self.max_unsent, self.max_chunks, self.mshot_cap);
         let conn = self.conn(idx);
@@ -599,10 +672,15 @@ impl Worker {
                 eprintln!("bufring proxy: completion rejected, closing the connection: {e}");
                 self.teardown(idx, true);
             }
-            Ok(Completion::Data { chunk, .. }) => {
-                let n = chunk.len();
+            Ok(Received::Data(chunks)) => {
+                // Every chunk of a bundle is queued in order and goes out with the others.
+                let (mut n, mut pieces) = (0, 0u64);
+                for chunk in chunks {
+                    n += chunk.len();
+                    pieces += 1;
+                    dir.queue.push_back(chunk);
+                }
                 dir.queued += n;
-                dir.queue.push_back(chunk);
                 let (queued, sending) = (dir.queued, dir.sending);
                 let over = queued >= max_unsent || dir.queue.len() >= max_chunks;
                 if over && !mshot_cap {
@@ -616,6 +694,10 @@ impl Worker {
                     self.stats.bytes_down += n as u64;
                 }
                 self.stats.peak_unsent = self.stats.peak_unsent.max(queued as u64);
+                if pieces > 1 {
+                    self.stats.multi_buffer_bundles += 1;
+                    self.stats.max_bundle_buffers = self.stats.max_bundle_buffers.max(pieces);
+                }
                 if !sending {
                     self.start_send(idx, d);
                 }
@@ -641,17 +723,17 @@ impl Worker {
                     self.resume_recv(idx, d);
                 }
             }
-            Ok(Completion::EndOfStream) => {
+            Ok(Received::EndOfStream) => {
                 dir.eof = true;
                 if dir.queue.is_empty() && !dir.sending {
                     self.shut(idx, d);
                 }
             }
-            Ok(Completion::NoBuffers) => {
+            Ok(Received::NoBuffers) => {
                 dir.recv = Recv::Waiting;
                 self.waiting.push_back((idx, gen, d));
             }
-            Ok(Completion::Failed(e)) => {
+            Ok(Received::Failed(e)) => {
                 if e.raw_os_error() == Some(libc::EINVAL) && self.mshot_cap {
                     // This kernel has no multishot byte cap: cancel-based backpressure instead.
                     self.mshot_cap = false;
