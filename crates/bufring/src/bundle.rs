@@ -11,8 +11,10 @@ use crate::completion::{Completion, CqeFlags};
 use crate::error::{BadCompletion, Result};
 use crate::pool::{Piece, Pool};
 
-/// The most buffers the kernel puts in one bundle.
-pub const MAX_BUNDLE: usize = 256;
+/// The most buffers one bundle completion may cover. The kernel maps at most 256 buffers per
+/// pass, but after a full pass with more data waiting it makes one more and appends it to the
+/// same completion: on 6.18 a single bundle recv returned 260 buffers. Two passes bound it.
+pub const MAX_BUNDLE: usize = 512;
 
 /// The chunks of one bundle completion, in order: an iterator that forms each [`Chunk`] as it
 /// is taken. It lives on the stack (no allocation); chunks not taken are released when it is
@@ -170,7 +172,7 @@ impl Pool {
     /// The CQE names the first buffer and the total; the bytes fill that buffer from its
     /// cursor, then the next ring entries in ring order, each from where its entry starts;
     /// F_BUF_MORE applies to the last. Every buffer is checked (held by the kernel, at the
-    /// ring position the pool wrote it to, at most 256 of them, total within their space)
+    /// ring position the pool wrote it to, at most [`MAX_BUNDLE`] of them, total within their space)
     /// before any chunk is formed; a CQE that fails is rejected with
     /// [`Error::BadCompletion`](crate::Error::BadCompletion) and changes nothing.
     ///

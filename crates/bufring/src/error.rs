@@ -121,7 +121,7 @@ pub enum BadCompletion {
         /// The bid the pool's copy of the ring has at that position.
         found: u16,
     },
-    /// A bundle would need more buffers than the kernel can put in one (256), or than are
+    /// A bundle would need more buffers than the kernel can put in one (`MAX_BUNDLE`), or than are
     /// posted after its first buffer.
     BundleTooLarge {
         /// The bid in the CQE.

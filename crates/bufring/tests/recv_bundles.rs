@@ -5,9 +5,11 @@
 mod common;
 mod recvkit;
 
+use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use bufring::{BadCompletion, BundleCompletion, Error, Feature, Incremental, Pool};
+use bufring::{BadCompletion, BundleCompletion, Error, Feature, Incremental, Pool, MAX_BUNDLE};
 use recvkit::Conn;
 
 const F_BUFFER: u32 = 1;
@@ -223,25 +225,90 @@ fn forged_bundles_are_rejected_without_change() {
 }
 
 #[test]
-fn forged_bundle_over_256_buffers_is_rejected() {
+fn forged_bundle_over_max_bundle_buffers_is_rejected() {
     let ring = require_uring!();
     let mut pool = Pool::builder(5)
-        .count(512)
+        .count(1024)
         .buf_len(16)
         .build(&ring)
         .unwrap();
     let before = snapshot(&pool);
-    let b = bad(pool.complete_bundle(257 * 16, cqe_flags(0, 0)));
+    let b = bad(pool.complete_bundle((MAX_BUNDLE as i32 + 1) * 16, cqe_flags(0, 0)));
     assert!(
-        matches!(b, BadCompletion::BundleTooLarge { space: 4096, .. }),
+        matches!(b, BadCompletion::BundleTooLarge { space, .. } if space == MAX_BUNDLE as u64 * 16),
         "{b:?}"
     );
     assert_eq!(snapshot(&pool), before);
-    // Exactly 256 is fine.
-    match pool.complete_bundle(256 * 16, cqe_flags(0, 0)).unwrap() {
-        BundleCompletion::Data { chunks, .. } => assert_eq!(chunks.buffers(), 256),
+    // Exactly MAX_BUNDLE is fine.
+    match pool
+        .complete_bundle(MAX_BUNDLE as i32 * 16, cqe_flags(0, 0))
+        .unwrap()
+    {
+        BundleCompletion::Data { chunks, .. } => assert_eq!(chunks.buffers(), MAX_BUNDLE),
         other => panic!("{other:?}"),
     }
+}
+
+/// A single bundle recv with a lot queued in the socket: the kernel fills 256 buffers, then
+/// appends a second pass to the same completion (6.18), so one CQE can cover more than 256
+/// buffers. The pool must take it, every byte in order.
+#[test]
+fn kernel_bundle_beyond_256_buffers_is_accepted() {
+    let mut ring = require_uring!();
+    let mut pool = Pool::builder(13)
+        .count(1024)
+        .buf_len(1024)
+        .bundles(true)
+        .build(&ring)
+        .unwrap();
+    let (rx, mut tx) = common::tcp_pair();
+    let big: libc::c_int = 8 << 20;
+    for (fd, opt) in [
+        (rx.as_raw_fd(), libc::SO_RCVBUF),
+        (tx.as_raw_fd(), libc::SO_SNDBUF),
+    ] {
+        // SAFETY: a valid socket and an int option of the right size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&big as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+    }
+    let total = 700 * 1024;
+    let mut pattern = common::Pattern::new(77);
+    let mut data = vec![0u8; total];
+    pattern.fill(&mut data);
+    tx.write_all(&data).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut got = Vec::with_capacity(total);
+    let mut most = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while got.len() < total {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out at {} bytes",
+            got.len()
+        );
+        common::push(&mut ring, &pool.recv_bundle(rx.as_raw_fd()));
+        for (_, res, flags) in common::reap(&mut ring, std::time::Duration::from_secs(5)) {
+            match pool.complete_bundle(res, flags).unwrap() {
+                BundleCompletion::Data { chunks, .. } => {
+                    most = most.max(chunks.buffers());
+                    for c in chunks {
+                        got.extend_from_slice(&c);
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        pool.publish();
+    }
+    assert_eq!(got, data);
+    eprintln!("most buffers in one bundle: {most}");
 }
 
 #[test]
