@@ -7,8 +7,11 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use bufring::Cqe;
 use bufring::{Chunk, Completion, Incremental, Pool};
 use common::Checker;
+#[allow(unused_imports)]
+use common::{one, Reap};
 
 macro_rules! ring_or_return {
     () => {
@@ -39,8 +42,9 @@ fn exhaustion(mode: Incremental) {
     'outer: loop {
         assert!(Instant::now() < deadline, "timed out");
         for (_, res, flags) in common::reap(&mut ring, Duration::from_millis(100)) {
-            match pool.complete(res, flags).unwrap() {
-                Completion::Data { chunk, more } => {
+            match pool.reap(Cqe::new(res, flags)).unwrap() {
+                Completion::Data { chunks, more } => {
+                    let chunk = one(chunks);
                     check.check(&chunk);
                     // Hold everything: the ring must run dry.
                     held.push(chunk);
@@ -102,8 +106,8 @@ fn end_of_stream() {
         assert!(Instant::now() < deadline);
         let mut eof = false;
         for (_, res, flags) in common::reap(&mut ring, Duration::from_millis(100)) {
-            match pool.complete(res, flags).unwrap() {
-                Completion::Data { chunk, .. } => got.extend_from_slice(&chunk),
+            match pool.reap(Cqe::new(res, flags)).unwrap() {
+                Completion::Data { chunks, .. } => chunks.for_each(|c| got.extend_from_slice(&c)),
                 Completion::EndOfStream => eof = true,
                 other => panic!("{other:?}"),
             }
@@ -138,9 +142,10 @@ fn peer_reset_is_an_error_and_loses_no_buffer() {
     while got < 3 {
         for (_, res, flags) in common::reap(&mut ring, Duration::from_secs(5)) {
             got += pool
-                .complete(res, flags)
+                .reap(Cqe::new(res, flags))
                 .unwrap()
-                .into_chunk()
+                .into_chunks()
+                .map(one)
                 .unwrap()
                 .len();
         }
@@ -166,7 +171,7 @@ fn peer_reset_is_an_error_and_loses_no_buffer() {
     while err.is_none() {
         assert!(Instant::now() < deadline);
         for (_, res, flags) in common::reap(&mut ring, Duration::from_millis(100)) {
-            match pool.complete(res, flags).unwrap() {
+            match pool.reap(Cqe::new(res, flags)).unwrap() {
                 Completion::Failed(e) => err = Some(e),
                 Completion::EndOfStream => panic!("a reset is not an orderly end of stream"),
                 other => panic!("{other:?}"),
@@ -192,7 +197,12 @@ fn chunks_outlive_the_pool() {
     common::push(&mut ring, &pool.recv(rx.as_raw_fd()));
     tx.write_all(&[0x5a; 3000]).unwrap();
     let (_, res, flags) = common::reap(&mut ring, Duration::from_secs(5))[0];
-    let chunk = pool.complete(res, flags).unwrap().into_chunk().unwrap();
+    let chunk = pool
+        .reap(Cqe::new(res, flags))
+        .unwrap()
+        .into_chunks()
+        .map(one)
+        .unwrap();
     drop(pool);
     drop(ring);
     // Move it to another thread too: still valid memory.
@@ -218,7 +228,13 @@ fn head_and_available_follow_the_kernel() {
         common::push(&mut ring, &pool.recv(rx.as_raw_fd()));
         tx.write_all(&[i; 100]).unwrap();
         let (_, res, flags) = common::reap(&mut ring, Duration::from_secs(5))[0];
-        chunks.push(pool.complete(res, flags).unwrap().into_chunk().unwrap());
+        chunks.push(
+            pool.reap(Cqe::new(res, flags))
+                .unwrap()
+                .into_chunks()
+                .map(one)
+                .unwrap(),
+        );
     }
     assert_eq!(pool.ring().unwrap().head().unwrap(), 3);
     assert_eq!(pool.ring().unwrap().available().unwrap(), 5);
@@ -259,7 +275,12 @@ fn a_chunk_becomes_bytes_without_a_copy() {
     common::push(&mut ring, &pool.recv(rx.as_raw_fd()));
     tx.write_all(b"zero copy").unwrap();
     let (_, res, flags) = common::reap(&mut ring, Duration::from_secs(5))[0];
-    let chunk = pool.complete(res, flags).unwrap().into_chunk().unwrap();
+    let chunk = pool
+        .reap(Cqe::new(res, flags))
+        .unwrap()
+        .into_chunks()
+        .map(one)
+        .unwrap();
     let addr = chunk.as_ptr();
     let bytes = bytes::Bytes::from_owner(chunk);
     assert_eq!(&bytes[..], b"zero copy");
