@@ -133,6 +133,7 @@ impl BufRingBuilder {
             fd,
             mem: std::mem::ManuallyDrop::new(mem),
             registered: true,
+            abandoned: false,
             entries: self.entries,
             mask: (self.entries - 1) as u16,
             tail: 0,
@@ -211,6 +212,8 @@ pub struct BufRing {
     mem: std::mem::ManuallyDrop<Mmap>,
     /// Still registered with the kernel.
     registered: bool,
+    /// Abandoned to the kernel: never unmapped (an owner already counted the leak).
+    abandoned: bool,
     entries: u32,
     mask: u16,
     /// Our tail: entries below it are published.
@@ -389,6 +392,13 @@ impl BufRing {
         self.unregister_in_place()
     }
 
+    /// Gives the ring up to the kernel for good: its memory is never unmapped. Returns its size,
+    /// for the owner's count of what it leaked.
+    pub(crate) fn abandon(&mut self) -> usize {
+        self.abandoned = true;
+        self.mem.len()
+    }
+
     /// Unregisters the ring, unless done already. On failure the ring stays registered and its
     /// memory will be leaked on drop rather than unmapped under the kernel.
     pub(crate) fn unregister_in_place(&mut self) -> Result<()> {
@@ -405,6 +415,9 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
+        if self.abandoned {
+            return;
+        }
         // Unregister before the memory goes away, so the kernel never sees a dangling ring.
         if self.unregister_in_place().is_err() {
             // Still registered (e.g. EEXIST: dropped off the owner thread of a SINGLE_ISSUER

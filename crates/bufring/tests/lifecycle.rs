@@ -292,3 +292,73 @@ fn a_chunk_becomes_bytes_without_a_copy() {
         "dropping the Bytes gives the buffer back"
     );
 }
+
+/// A pool dropped on another thread than the owner of an IORING_SETUP_SINGLE_ISSUER ring: the
+/// kernel refuses the unregister (EEXIST) and keeps the ring, with a receive armed on it. The
+/// pool must not unmap memory the kernel may still write: it leaks it, and says so in
+/// `bufring::leaks()`. Data that arrives afterwards lands in that leaked memory, harmlessly.
+#[test]
+fn pool_dropped_off_a_single_issuer_thread_leaks_instead_of_freeing() {
+    let Some(mut ring) = single_issuer_ring() else {
+        return;
+    };
+    let (sock, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let pool = Pool::builder(41)
+        .count(4)
+        .buf_len(4096)
+        .build(&ring)
+        .unwrap();
+    common::push(
+        &mut ring,
+        &pool.recv_multishot(sock.as_raw_fd()).user_data(7),
+    );
+    let before = bufring::leaks();
+    std::thread::spawn(move || drop(pool)).join().unwrap();
+    let after = bufring::leaks();
+    // (`>=`: other tests of this binary run in parallel; none of them leaks.)
+    assert!(
+        after.pools > before.pools,
+        "the refused unregister is counted"
+    );
+    assert!(
+        after.bytes - before.bytes >= 4 * 4096,
+        "the buffers (and ring) are leaked: {after:?}"
+    );
+    // The kernel still has the ring and the armed receive: it writes into the leaked buffers.
+    peer.write_all(b"still mapped").unwrap();
+    let cqes = common::reap(&mut ring, Duration::from_secs(5));
+    assert!(
+        cqes.iter().any(|&(ud, res, _)| ud == 7 && res == 12),
+        "{cqes:?}"
+    );
+}
+
+/// The same drop on the owner's thread unregisters and frees: nothing is leaked.
+#[test]
+fn pool_dropped_on_the_single_issuer_thread_frees() {
+    let Some(ring) = single_issuer_ring() else {
+        return;
+    };
+    let pool = Pool::builder(42)
+        .count(4)
+        .buf_len(4096)
+        .build(&ring)
+        .unwrap();
+    drop(pool);
+    // Other tests in this binary may leak in parallel: only this pool's bgid matters, so
+    // check it can be registered again (the ring was really unregistered).
+    let again = Pool::builder(42).count(4).buf_len(4096).build(&ring);
+    assert!(again.is_ok(), "bgid 42 still registered: {again:?}");
+}
+
+/// An io_uring with IORING_SETUP_SINGLE_ISSUER (Linux 6.0), or `None` with a message.
+fn single_issuer_ring() -> Option<io_uring::IoUring> {
+    common::uring(8)?;
+    match io_uring::IoUring::builder().setup_single_issuer().build(8) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("SKIPPED: IORING_SETUP_SINGLE_ISSUER refused here ({e})");
+            None
+        }
+    }
+}

@@ -127,19 +127,26 @@ impl std::fmt::Debug for Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        let region = self.count() as usize * self.buf_len() as usize;
+        let mut leaked = self.count() as usize * self.buf_len() as usize;
         let kernel_may_write = match &mut self.feed {
             // Unregister first, so that the kernel has no way into the buffers any more. If the
             // kernel refuses (EEXIST from another thread than a SINGLE_ISSUER ring's owner), an
-            // armed receive could still write into them: they must never be unmapped.
-            Feed::Ring(ring) => ring.unregister_in_place().is_err(),
+            // armed receive could still write into them: they must never be unmapped, and
+            // neither is the ring.
+            Feed::Ring(ring) => match ring.unregister_in_place() {
+                Ok(()) => false,
+                Err(_) => {
+                    leaked += ring.abandon();
+                    true
+                }
+            },
             // The kernel may still hold some legacy buffers (there is no way to take them back
             // without the user's ring); `remove_buffers` avoids this.
             Feed::Legacy(l) => l.provided > 0,
         };
         if kernel_may_write {
             std::mem::forget(Arc::clone(&self.shared));
-            stats::record_leak(region);
+            stats::record_leak(leaked);
         }
         // Give up the strong counts of the buffers the pool holds (see `Shared`): those
         // returned but not re-posted, and, dropping the kernel's reference, those the kernel

@@ -43,6 +43,7 @@ impl BufRingBuilder {
             fd,
             mem: std::mem::ManuallyDrop::new(mem),
             registered: false,
+            abandoned: false,
             entries: self.entries,
             mask: (self.entries - 1) as u16,
             tail: start,
