@@ -18,7 +18,7 @@ use crate::mem::Mmap;
 
 mod chunks;
 pub use chunks::Chunks;
-pub(crate) use chunks::{Piece, Pieces};
+pub(crate) use chunks::Piece;
 
 const NIL: u32 = u32::MAX;
 /// On the return stack once the pool is gone: a releaser then frees the buffer itself.
