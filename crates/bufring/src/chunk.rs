@@ -296,6 +296,7 @@ impl Chunk {
     }
 
     /// Splits off `[0, at)` as a new chunk and keeps `[at, len)`. Panics if `at > len`.
+    #[must_use = "consider Chunk::advance if you don't need the other half"]
     pub fn split_to(&mut self, at: usize) -> Chunk {
         assert!(
             at <= self.len(),
@@ -316,6 +317,7 @@ impl Chunk {
     }
 
     /// Splits off `[at, len)` as a new chunk and keeps `[0, at)`. Panics if `at > len`.
+    #[must_use = "consider Chunk::truncate if you don't need the other half"]
     pub fn split_off(&mut self, at: usize) -> Chunk {
         assert!(
             at <= self.len(),
