@@ -21,6 +21,9 @@ pub use chunks::Chunks;
 pub(crate) use chunks::Piece;
 
 const NIL: u32 = u32::MAX;
+/// What a buffer's count holds while the kernel keeps it on an incremental pool (see
+/// [`Shared::hold_biased`]): far above any number of live chunks, far below overflow.
+pub(crate) const BIAS: u32 = 1 << 30;
 /// On the return stack once the pool is gone: a releaser then frees the buffer itself.
 const CLOSED: u32 = u32::MAX - 1;
 
@@ -110,6 +113,56 @@ impl Shared {
             // Every other holder's reads of the buffer happen before it is handed back.
             fence(Ordering::Acquire);
         }
+        // SAFETY: the last reference to `bid` just went; the caller's contract carries over.
+        unsafe { Self::give_back(this, bid) }
+    }
+
+    /// The kernel now holds `bid`, and the owner counts the chunks it hands out of it while the
+    /// kernel keeps it (incremental consumption): the count carries [`BIAS`] instead of one
+    /// reference per such chunk, so handing one out costs no atomic operation.
+    #[inline]
+    pub(crate) fn hold_biased(&self, bid: u16) {
+        self.refs[bid as usize].store(BIAS, Ordering::Relaxed);
+    }
+
+    /// Turns `n` chunks the owner handed out of a biased buffer into references of their own
+    /// (the buffer stays biased): keeps the bias far from the chunks' decrements.
+    pub(crate) fn settle_handed(&self, bid: u16, n: u32) {
+        self.refs[bid as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The kernel retired the biased buffer `bid`, out of which the owner handed `handed`
+    /// chunks meanwhile (not yet counted, see [`settle_handed`](Self::settle_handed)); `keep`
+    /// is 1 when a new chunk inherits the kernel's reference, else 0. Drops the bias: if no
+    /// reference is left, the buffer goes back.
+    ///
+    /// # Safety
+    /// As for [`release`](Self::release): `this` comes from `Arc::as_ptr`, and the bias (the
+    /// kernel's reference) is the caller's to give up.
+    #[inline]
+    pub(crate) unsafe fn unbias(this: *const Shared, bid: u16, handed: u32, keep: u32) {
+        // SAFETY: the bias keeps the allocation alive until it is dropped here.
+        let s = unsafe { &*this };
+        let delta = (handed + keep).wrapping_sub(BIAS);
+        // AcqRel: if this ends the count, every chunk's release (a release decrement) happens
+        // before the hand-back; if not, the last chunk's release sees ours.
+        let before = s.refs[bid as usize].fetch_add(delta, Ordering::AcqRel);
+        if before.wrapping_add(delta) == 0 {
+            // SAFETY: no reference to `bid` is left; the caller's contract carries over.
+            unsafe { Self::give_back(this, bid) }
+        }
+    }
+
+    /// Hands `bid`, whose last reference just went, back to the owner (or, once the pool is
+    /// gone, drops its strong count).
+    ///
+    /// # Safety
+    /// `this` comes from `Arc::as_ptr`, nobody holds a reference to `bid`, and its strong
+    /// count is the caller's to pass on.
+    #[inline]
+    unsafe fn give_back(this: *const Shared, bid: u16) {
+        // SAFETY: the buffer's strong count (the caller's) keeps the allocation alive.
+        let s = unsafe { &*this };
         let mut top = s.returns.load(Ordering::Relaxed);
         loop {
             if top == CLOSED {
@@ -171,7 +224,7 @@ impl Shared {
         unsafe { NonNull::new_unchecked(Arc::as_ptr(this).cast_mut()) }
     }
 
-    /// Live references to `bid` (for tests).
+    /// The count of `bid` as it is (with the bias, if any; for tests).
     #[cfg(any(test, feature = "model"))]
     pub(crate) fn refs(&self, bid: u16) -> u32 {
         self.refs[bid as usize].load(Ordering::Relaxed)
@@ -193,7 +246,6 @@ pub struct Chunk {
     shared: NonNull<Shared>,
     ptr: *mut u8,
     len: u32,
-    offset: u32,
     bid: u16,
     last: bool,
 }
@@ -230,7 +282,6 @@ impl Chunk {
             shared,
             ptr,
             len,
-            offset,
             bid,
             last,
         }
@@ -250,7 +301,9 @@ impl Chunk {
 
     /// Where the chunk starts in its buffer.
     pub fn offset(&self) -> u32 {
-        self.offset
+        // Derived, not stored: a chunk of 24 bytes lets a one-buffer `Chunks` (and so a
+        // `Completion`) stay small enough to move through registers.
+        (self.ptr as usize - self.shared().buf_addr(self.bid) as usize) as u32
     }
 
     /// The number of bytes.
@@ -284,7 +337,6 @@ impl Chunk {
         );
         // SAFETY: n <= len, so the pointer stays inside the chunk's range.
         self.ptr = unsafe { self.ptr.add(n) };
-        self.offset += n as u32;
         self.len -= n as u32;
     }
 
@@ -308,7 +360,6 @@ impl Chunk {
             shared: self.shared,
             ptr: self.ptr,
             len: at as u32,
-            offset: self.offset,
             bid: self.bid,
             last: false,
         };
@@ -335,7 +386,9 @@ impl Chunk {
     /// side by side. Merge only chunks you know follow each other in one stream
     /// ([`RecvStream`](crate::RecvStream) does).
     pub fn is_adjacent(&self, next: &Chunk) -> bool {
-        self.shared == next.shared && self.bid == next.bid && self.offset + self.len == next.offset
+        self.shared == next.shared
+            && self.bid == next.bid
+            && self.ptr.wrapping_add(self.len as usize) == next.ptr
     }
 
     /// Appends `next` if it is adjacent (see [`is_adjacent`](Self::is_adjacent)), without
@@ -394,7 +447,7 @@ impl fmt::Debug for Chunk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Chunk")
             .field("bid", &self.bid)
-            .field("offset", &self.offset)
+            .field("offset", &self.offset())
             .field("len", &self.len)
             .field("last", &self.last)
             .finish()

@@ -221,3 +221,47 @@ fn emulated_min_left_retires_small_rests() {
     assert_eq!(pool.publish(), 1);
     assert_eq!(pool.cursor(0), Some(0));
 }
+
+/// The chunks of a buffer the kernel keeps are counted by the pool without atomics and folded
+/// into the buffer's shared count every 4096 pieces and at retirement: thousands of pieces,
+/// held and dropped in any order, give the buffer back once, after the last one.
+#[test]
+fn thousands_of_pieces_of_one_buffer_return_it_once() {
+    let (mut pool, _model) = Pool::builder(0)
+        .count(2)
+        .buf_len(16 * 1024)
+        .incremental(Incremental::Kernel)
+        .build_detached()
+        .unwrap();
+    let f = |bid: u32, more: bool| 1 | (bid << 16) | if more { 1 << 4 } else { 0 };
+    let mut held = Vec::new();
+    for _ in 0..10_000 {
+        // SAFETY: a detached pool: no kernel writes into it.
+        let c = unsafe { pool.complete(Cqe::new(1, f(0, true))) }.unwrap();
+        held.push(one(c.into_chunks().unwrap()));
+    }
+    assert_eq!(pool.refs(0), Some(10_001), "10,000 chunks and the kernel");
+    // Drop every other chunk, then retire the buffer with one more piece.
+    let mut keep = Vec::new();
+    for (k, c) in held.into_iter().enumerate() {
+        if k % 2 == 0 {
+            keep.push(c);
+        }
+    }
+    assert_eq!(pool.refs(0), Some(5_001));
+    // SAFETY: as above.
+    let last = unsafe { pool.complete(Cqe::new(6384, f(0, false))) }.unwrap();
+    let last = one(last.into_chunks().unwrap());
+    assert!(last.is_last());
+    assert_eq!(
+        pool.refs(0),
+        Some(5_001),
+        "the last chunk took the kernel's reference"
+    );
+    assert_eq!(pool.publish(), 0, "chunks are alive: nothing to post");
+    drop(keep);
+    assert_eq!(pool.publish(), 0);
+    drop(last);
+    assert_eq!(pool.publish(), 1, "the last chunk gave the buffer back");
+    assert_eq!(pool.refs(0), Some(1));
+}

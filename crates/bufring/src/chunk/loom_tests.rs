@@ -158,3 +158,60 @@ fn loom_close_with_kernel_reference() {
         assert_eq!(Arc::strong_count(&s), 1);
     });
 }
+
+/// Chunk `[off, off+len)` of `bid` while the kernel keeps the biased buffer: the owner counts
+/// it, the shared count does not change.
+fn handed(shared: &Arc<Shared>, bid: u16, off: u32, len: u32) -> Chunk {
+    // SAFETY: the range lies in buffer `bid`, which nothing writes; the bias stands for the
+    // chunk's reference until the owner settles it.
+    unsafe { Chunk::new(Shared::ptr(shared), bid, off, len, false) }
+}
+
+/// An incremental buffer: two chunks handed out while the kernel kept it (counted by the
+/// owner, not in the shared count) are dropped on two threads while the owner retires the
+/// buffer without a chunk of its own: the buffer comes back exactly once, after both are gone.
+#[test]
+fn loom_unbias_races_releases() {
+    loom::model(|| {
+        let s = shared(1);
+        s.hold_biased(0);
+        let a = handed(&s, 0, 0, 4);
+        let b = handed(&s, 0, 4, 4);
+        let t1 = thread::spawn(move || drop(a));
+        let t2 = thread::spawn(move || drop(b));
+        // SAFETY: `s` is the `Arc`'s pointer and keeps it alive; the bias is ours.
+        unsafe { Shared::unbias(Arc::as_ptr(&s), 0, 2, 0) };
+        let mut seen = Vec::new();
+        s.drain_returns(|bid| seen.push(bid));
+        if !seen.is_empty() {
+            assert_eq!(s.refs(0), 0, "returned while a piece was alive");
+        }
+        t1.join().unwrap();
+        t2.join().unwrap();
+        s.drain_returns(|bid| seen.push(bid));
+        assert_eq!(seen, vec![0]);
+    });
+}
+
+/// The retiring chunk inherits the kernel's reference while an earlier piece is dropped on
+/// another thread: the buffer comes back once, with the later of the two drops.
+#[test]
+fn loom_unbias_with_an_inheriting_chunk() {
+    loom::model(|| {
+        let s = shared(1);
+        s.hold_biased(0);
+        let a = handed(&s, 0, 0, 4);
+        let t1 = thread::spawn(move || drop(a));
+        // SAFETY: as above; the new chunk takes the kernel's reference (`keep` 1).
+        unsafe { Shared::unbias(Arc::as_ptr(&s), 0, 1, 1) };
+        // SAFETY: the rest of the buffer, with the reference just kept for it.
+        let last = unsafe { Chunk::new(Shared::ptr(&s), 0, 4, 4, true) };
+        let t2 = thread::spawn(move || drop(last));
+        t1.join().unwrap();
+        t2.join().unwrap();
+        let mut seen = Vec::new();
+        s.drain_returns(|bid| seen.push(bid));
+        assert_eq!(seen, vec![0]);
+        assert_eq!(s.refs(0), 0);
+    });
+}

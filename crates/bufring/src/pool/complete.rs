@@ -6,10 +6,9 @@
 
 use std::io;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use super::{Feed, Incremental, Pool};
-use crate::chunk::{Chunks, Piece, Shared};
+use crate::chunk::{Chunk, Chunks, Piece, Shared};
 use crate::completion::{Completion, Cqe};
 use crate::error::{BadCompletion, Error, Result};
 
@@ -35,7 +34,7 @@ impl Pool {
     /// made up, duplicated, or meant for another pool can name a buffer the pool has posted
     /// again: accepting it would hand out a chunk over memory the kernel is about to write
     /// into. The checks catch every CQE that cannot be right, but such a CQE can look right.
-    #[inline]
+    #[inline(always)]
     pub unsafe fn complete(&mut self, cqe: impl Into<Cqe>) -> Result<Completion> {
         let cqe = cqe.into();
         let Some(bid) = cqe.bid() else {
@@ -72,36 +71,27 @@ impl Pool {
             // Nothing to hand out: a retired buffer loses the kernel's reference and goes back
             // at the next publish.
             if retired {
-                // SAFETY: the `Arc`'s pointer; we give up the kernel's reference and our own
-                // `Arc` keeps the `Shared` alive.
-                unsafe { Shared::release(Arc::as_ptr(&self.shared), bid) };
+                self.drop_kernel_ref(bid, false);
             }
             return Ok(match cqe.result {
                 0 => Completion::EndOfStream,
                 r => Completion::Failed(io::Error::from_raw_os_error(r.wrapping_neg())),
             });
         }
-        if !retired {
-            // The kernel keeps its reference; the chunk takes one of its own. On retirement the
-            // chunk inherits the kernel's.
-            self.shared.acquire(bid);
+        if retired {
+            // The chunk inherits the kernel's reference.
+            self.drop_kernel_ref(bid, true);
+        } else {
+            // The kernel keeps the buffer; the chunk is counted by the ledger.
+            self.hand_out(bid);
         }
         // SAFETY: the checks above put `offset..offset + len` inside buffer `bid`; the kernel
         // committed it in this CQE (handed over once, the caller's promise) and writes only
         // past `offset + consumed` until the buffer is posted again, which waits for the
         // chunk's reference (the kernel's on retirement, or the one taken above).
-        let chunks = unsafe {
-            Chunks::new(
-                Shared::ptr(&self.shared),
-                Piece { bid, offset },
-                None,
-                len,
-                self.shared.buf_len,
-                !retired,
-            )
-        };
+        let chunk = unsafe { Chunk::new(Shared::ptr(&self.shared), bid, offset, len, retired) };
         Ok(Completion::Data {
-            chunks,
+            chunks: Chunks::one(chunk),
             more: cqe.more(),
         })
     }
@@ -151,7 +141,7 @@ impl Pool {
             }
         }
         // Accepted: settle every buffer. Retired buffers hand the kernel's reference to their
-        // chunk; a final buffer the kernel keeps gives its chunk a reference of its own.
+        // chunk; a final buffer the kernel keeps hands out one more chunk.
         self.stats.completions += 1;
         self.stats.bundles += 1;
         self.stats.bytes_delivered += u64::from(total);
@@ -161,24 +151,35 @@ impl Pool {
             let len = rem.min(buf_len - p.offset);
             rem -= len;
             let final_piece = k + 1 == n;
-            if !self.settle(p.bid, p.offset, len, len, final_piece, cqe.buf_more()) {
+            if self.settle(p.bid, p.offset, len, len, final_piece, cqe.buf_more()) {
+                self.drop_kernel_ref(p.bid, true);
+            } else {
                 debug_assert!(
                     final_piece,
                     "only the last buffer of a bundle stays current"
                 );
                 keep_final = true;
-                self.shared.acquire(p.bid);
+                self.hand_out(p.bid);
             }
         }
         // SAFETY: every piece was checked to be the buffer the pool posted at its ring position
         // and held by the kernel; the bytes fill each from its cursor to its end and the last up
         // to `total`, as `Chunks` lays them out; each piece holds one reference (the kernel's,
-        // inherited on retirement, or the one acquired above).
+        // inherited on retirement, or the bias of a buffer the kernel keeps).
         let chunks = unsafe {
-            Chunks::new(
+            let p = pieces[0];
+            // The first piece is the whole rest of its buffer: a bundle spans buffers.
+            let first = Chunk::new(
                 Shared::ptr(&self.shared),
-                pieces[0],
-                Some(pieces[1..].into()),
+                p.bid,
+                p.offset,
+                buf_len - p.offset,
+                true,
+            );
+            Chunks::bundle(
+                first,
+                Shared::ptr(&self.shared),
+                pieces[1..].into(),
                 total,
                 buf_len,
                 keep_final,

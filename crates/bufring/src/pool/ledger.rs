@@ -15,6 +15,9 @@ struct Buf {
     pos: u16,
     /// Posted and not yet retired.
     in_kernel: bool,
+    /// Chunks handed out while the kernel keeps the buffer, not yet in its shared count (see
+    /// `Shared::hold_biased`).
+    handed: u32,
 }
 
 pub(crate) struct Ledger {
@@ -76,6 +79,26 @@ impl Ledger {
         b.in_kernel = true;
     }
 
+    /// One more chunk of `bid` handed out while the kernel keeps it; returns how many.
+    #[inline]
+    pub(crate) fn hand_out(&mut self, bid: u16) -> u32 {
+        let b = &mut self.bufs[bid as usize];
+        b.handed += 1;
+        b.handed
+    }
+
+    /// The chunks of `bid` handed out and not yet counted; the count starts again at 0.
+    #[inline]
+    pub(crate) fn take_handed(&mut self, bid: u16) -> u32 {
+        std::mem::take(&mut self.bufs[bid as usize].handed)
+    }
+
+    /// The chunks of `bid` handed out and not yet counted.
+    #[cfg(feature = "model")]
+    pub(crate) fn handed(&self, bid: u16) -> u32 {
+        self.bufs[bid as usize].handed
+    }
+
     /// Buffer `bid`'s entry sits at ring position `pos`.
     #[inline]
     pub(crate) fn place(&mut self, bid: u16, pos: u16) {
@@ -124,14 +147,5 @@ impl Ledger {
         let b = &mut self.bufs[bid as usize];
         b.cursor = 0;
         b.in_kernel = false;
-    }
-
-    /// The bids the kernel holds.
-    pub(crate) fn held(&self) -> impl Iterator<Item = u16> + '_ {
-        self.bufs
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.in_kernel)
-            .map(|(bid, _)| bid as u16)
     }
 }

@@ -42,6 +42,11 @@ pub use stats::{leaks, Leaks, PoolStats};
 use ledger::Ledger;
 use legacy::Legacy;
 
+/// Chunks the ledger counts for a biased buffer before they go into its shared count: far
+/// below the bias (1 << 30), so the chunks' decrements can never bring the count to 1; one
+/// atomic operation per 4096 pieces.
+const HANDED_FLUSH: u32 = 1 << 12;
+
 /// Where posted buffers go: the two backends behind one interface (positions, tail, mask).
 pub(crate) enum Feed {
     Ring(BufRing),
@@ -158,10 +163,10 @@ impl Drop for Pool {
         // `Arc` keeps the count above zero here.
         self.shared
             .close(|_| unsafe { Arc::decrement_strong_count(ptr) });
-        for bid in self.ledger.held() {
-            // SAFETY: `ptr` is the `Arc`'s pointer, the kernel's reference to `bid` is the
-            // pool's to give up, and the pool's own `Arc` outlives the call.
-            unsafe { Shared::release(ptr, bid) };
+        for bid in 0..self.count() as u16 {
+            if self.ledger.in_kernel(bid) {
+                self.drop_kernel_ref(bid, false);
+            }
         }
     }
 }
@@ -242,11 +247,45 @@ impl Pool {
         self.ledger.head()
     }
 
-    /// Hands buffer `bid`, whole, to the kernel: the kernel's reference starts now.
+    /// Hands buffer `bid`, whole, to the kernel: the kernel's reference starts now. On
+    /// incremental pools it is a bias that stands for the chunks handed out while the kernel
+    /// keeps the buffer, which the ledger counts without atomics (see `Shared::hold_biased`).
     #[inline]
     fn post(&mut self, bid: u16) {
-        self.shared.hold(bid);
+        if self.mode == Incremental::Off {
+            self.shared.hold(bid);
+        } else {
+            self.shared.hold_biased(bid);
+        }
         self.post_entry(bid, 0);
+    }
+
+    /// A chunk of `bid` goes out while the kernel keeps the buffer (incremental pools).
+    #[inline]
+    fn hand_out(&mut self, bid: u16) {
+        if self.ledger.hand_out(bid) == HANDED_FLUSH {
+            // Far from the bias still, but count these chunks for real before it gets close.
+            self.shared.settle_handed(bid, self.ledger.take_handed(bid));
+        }
+    }
+
+    /// The kernel gave up buffer `bid` (retired it, or the pool is going): its reference goes
+    /// to the chunk formed now (`inherit`), or is dropped, which gives the buffer back if no
+    /// chunk of it is left.
+    #[inline]
+    fn drop_kernel_ref(&mut self, bid: u16, inherit: bool) {
+        let ptr = Arc::as_ptr(&self.shared);
+        if self.mode == Incremental::Off {
+            if !inherit {
+                // SAFETY: `ptr` is the `Arc`'s pointer, the kernel's reference to `bid` is the
+                // pool's to give up, and the pool's own `Arc` outlives the call.
+                unsafe { Shared::release(ptr, bid) };
+            }
+        } else {
+            let handed = self.ledger.take_handed(bid);
+            // SAFETY: as above, for the bias that stands for the kernel's reference.
+            unsafe { Shared::unbias(ptr, bid, handed, u32::from(inherit)) };
+        }
     }
 
     /// Writes an entry for the part of buffer `bid` from `offset` on at the next free slot
@@ -320,7 +359,17 @@ impl Pool {
 
     /// Live references to buffer `bid`: its chunks, plus one while the kernel holds it.
     pub fn refs(&self, bid: u16) -> Option<u32> {
-        ((bid as usize) < self.ledger.count()).then(|| self.shared.refs(bid))
+        ((bid as usize) < self.ledger.count()).then(|| {
+            let raw = self.shared.refs(bid);
+            if self.mode != Incremental::Off && self.ledger.in_kernel(bid) {
+                // Biased: the bias stands for the kernel's reference and the chunks the ledger
+                // counts.
+                raw.wrapping_sub(crate::chunk::BIAS)
+                    .wrapping_add(self.ledger.handed(bid) + 1)
+            } else {
+                raw
+            }
+        })
     }
 
     /// The bid whose entry sits at ring position `pos` (mask applied), as the pool wrote it
