@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-target/bench-results}
 mkdir -p "$out" docs
-cargo build --release -p bufring-cli
+cargo build --release -p bufring-cli --features bench
 bin=target/release/bufring
 { date -u; uname -r; nproc; uptime; } >"$out/machine.txt"
 $bin bench stream --plot docs/bench-stream.png | tee "$out/stream.txt"

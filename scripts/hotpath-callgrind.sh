@@ -10,7 +10,8 @@ if ! command -v valgrind >/dev/null; then
     echo "valgrind is not installed (apt-get install valgrind)" >&2
     exit 1
 fi
-[ -x "$bin" ] || cargo build --release -p bufring-cli
+# Without an argument, (re)build the binary with the bench (a no-op when it is up to date).
+[ -n "${1:-}" ] || cargo build --release -p bufring-cli --features bench
 n1=100000
 n2=300000
 tmp=$(mktemp -d)

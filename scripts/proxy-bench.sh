@@ -31,7 +31,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 echo "== building"
-cargo build --release -q -p bufring-cli
+cargo build --release -q -p bufring-cli --features proxy-tokio
 BIN=$PWD/target/release/bufring
 
 # Two sockets per proxied connection. Without CAP_SYS_RESOURCE the hard limit stays.

@@ -38,7 +38,7 @@ export PROPTEST_CASES="${PROPTEST_CASES:-24}"
 export BUFRING_HOSTILE_CASES="${BUFRING_HOSTILE_CASES:-300}"
 
 want=" $* "
-mapfile -t targets < <(cargo test -p bufring --no-run --message-format=json 2>/dev/null | python3 -c '
+mapfile -t targets < <(cargo test -p bufring --all-features --no-run --message-format=json 2>/dev/null | python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)

@@ -1,10 +1,18 @@
 //! Builds the hand-written liburing contenders of `bufring bench` (csrc/) when <liburing.h> is
 //! installed (Debian: liburing-dev). Without it the bench skips those contenders and says so.
-
-use std::path::Path;
+//! Only with the `bench` feature: other builds compile nothing here and need no C compiler.
 
 fn main() {
     println!("cargo:rustc-check-cfg=cfg(have_liburing)");
+    println!("cargo:rerun-if-changed=build.rs");
+    #[cfg(feature = "bench")]
+    liburing_contenders();
+}
+
+#[cfg(feature = "bench")]
+fn liburing_contenders() {
+    use std::path::Path;
+
     println!("cargo:rerun-if-changed=csrc/contenders.c");
     println!("cargo:rerun-if-env-changed=BUFRING_NO_LIBURING");
     let found = ["/usr/include", "/usr/local/include"]

@@ -117,6 +117,6 @@ pub use ring::{BufRing, BufRingBuilder, RingEntry, MAX_MMAP_BGID};
 pub use stream::RecvStream;
 
 /// The README's examples run as doctests.
-#[doc = include_str!("../../../README.md")]
+#[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;

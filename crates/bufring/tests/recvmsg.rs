@@ -402,7 +402,7 @@ fn kernel_fails_a_multishot_on_a_small_tail_without_min_left() {
             Ok(true),
             Err((Some(libc::EFAULT), false))
         ],
-        "the kernel's answer changed: update KERNEL-NOTES and RecvMsg::check_pool"
+        "the kernel's answer changed: update docs/kernel-facts.md and RecvMsg::check_pool"
     );
     // The fifth datagram was not lost: it waits in the socket.
     let mut buf = [0u8; 512];
