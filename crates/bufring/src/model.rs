@@ -214,7 +214,7 @@ impl fmt::Display for ModelError {
 
 impl std::error::Error for ModelError {}
 
-/// A completion as the kernel posts it (the crate's own [`Cqe`](crate::Cqe)).
+/// A completion as the kernel posts it (the crate's own [`Cqe`]).
 pub use crate::Cqe;
 
 /// One receive the model carried out.
