@@ -20,13 +20,25 @@ use io_uring::{cqueue, opcode, types, IoUring};
 
 /// The running kernel's (major, minor), from `uname -r`.
 fn version() -> (u32, u32) {
-    let release = bufring::kernel_release();
+    let release = release();
     let mut parts = release
         .split(|c: char| !c.is_ascii_digit())
         .map(|s| s.parse::<u32>().ok());
     match (parts.next().flatten(), parts.next().flatten()) {
         (Some(a), Some(b)) => (a, b),
         _ => panic!("cannot read a version from the kernel release {release:?}"),
+    }
+}
+
+/// `uname -r`.
+fn release() -> String {
+    // SAFETY: utsname is plain old data, which uname fills (NUL-terminated fields).
+    unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        assert_eq!(libc::uname(&mut u), 0);
+        std::ffi::CStr::from_ptr(u.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
     }
 }
 
@@ -60,11 +72,7 @@ fn uring(entries: u32) -> Option<IoUring> {
         return None;
     }
     let ring = common::uring(entries)?;
-    eprintln!(
-        "kernel {} read as {:?}",
-        bufring::kernel_release(),
-        version()
-    );
+    eprintln!("kernel {} read as {:?}", release(), version());
     Some(ring)
 }
 
@@ -91,7 +99,10 @@ enum Got {
 /// The one place this file hands a CQE to the pool (adapt it when the completion API changes).
 /// The chunk is copied out and dropped, so its buffer can go back at the next publish.
 fn take(pool: &mut Pool, res: i32, flags: u32) -> Got {
-    match pool.complete(res, flags).expect("kernel completion rejected") {
+    match pool
+        .complete(res, flags)
+        .expect("kernel completion rejected")
+    {
         Completion::Data { chunk, more } => Got::Data(
             chunk.to_vec(),
             chunk.bid(),
@@ -151,9 +162,7 @@ fn probe_matches_the_kernel_table() {
 #[test]
 fn incremental_kernel_or_unsupported_and_auto_falls_back() {
     let Some(ring) = uring(8) else { return };
-    let kernel = small_pool(10)
-        .incremental(Incremental::Kernel)
-        .build(&ring);
+    let kernel = small_pool(10).incremental(Incremental::Kernel).build(&ring);
     let auto = small_pool(11).incremental(Incremental::Auto).build(&ring);
     let emulated = small_pool(12)
         .incremental(Incremental::Emulated)
@@ -163,7 +172,10 @@ fn incremental_kernel_or_unsupported_and_auto_falls_back() {
     let auto = auto.expect("Auto builds on every kernel");
     assert!(auto.is_incremental());
     if has(Feature::Incremental) {
-        assert_eq!(kernel.expect("kernel INC").incremental(), Incremental::Kernel);
+        assert_eq!(
+            kernel.expect("kernel INC").incremental(),
+            Incremental::Kernel
+        );
         assert_eq!(auto.incremental(), Incremental::Kernel);
     } else {
         unsupported(kernel, Feature::Incremental);
@@ -308,7 +320,9 @@ fn pbuf_status_or_unsupported() {
 #[test]
 fn kernel_allocated_ring_or_unsupported() {
     let Some(ring) = uring(8) else { return };
-    let r = BufRing::builder(26, 4).kernel_allocated(true).register(&ring);
+    let r = BufRing::builder(26, 4)
+        .kernel_allocated(true)
+        .register(&ring);
     let pool = small_pool(27).kernel_allocated(true).build(&ring);
     if has(Feature::KernelAllocatedRing) {
         assert!(r.unwrap().is_kernel_allocated());
@@ -435,7 +449,10 @@ fn multishot_bundle_on_the_last_posted_entry() {
     let mut cqes = Vec::new();
     let mut total = 0;
     while total < 968 {
-        assert!(Instant::now() < deadline, "968 bytes not received: {cqes:?}");
+        assert!(
+            Instant::now() < deadline,
+            "968 bytes not received: {cqes:?}"
+        );
         for (_, res, flags) in common::reap(&mut ring, Duration::from_secs(1)) {
             assert!(res > 0, "{res} {cqes:?}");
             total += res;
@@ -452,7 +469,10 @@ fn multishot_bundle_on_the_last_posted_entry() {
         } else if v >= (6, 18) {
             assert!(last.2, "{v:?} ended the multishot");
         } else {
-            eprintln!("{v:?}: F_MORE = {} (not yet recorded for this kernel)", last.2);
+            eprintln!(
+                "{v:?}: F_MORE = {} (not yet recorded for this kernel)",
+                last.2
+            );
         }
     } else {
         eprintln!("SKIPPED: the data came in other pieces here ({cqes:?})");
