@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use bufring::{BundleCompletion, Incremental, Pool};
+use bufring::{Completion, Cqe, Incremental, Pool};
 use io_uring::{types, IoUring};
 
 /// How the demo's pool consumes buffers.
@@ -130,17 +130,15 @@ pub fn run(args: Args) -> crate::CliResult {
             let before = pool.stats();
             let mut rearm = false;
             for (res, flags) in cqes {
-                let comp = if mode == Mode::Bundle {
-                    pool.complete_bundle(res, flags)?
-                } else {
-                    BundleCompletion::from(pool.complete(res, flags)?)
-                };
+                // SAFETY: reaped from the ring the pool is registered on; the pool's one receive
+                // is the only request on it; each CQE is handed over once.
+                let comp = unsafe { pool.complete(Cqe::new(res, flags))? };
                 rearm |= comp.must_rearm();
                 let (chunks, more) = match comp {
-                    BundleCompletion::Data { chunks, more } => (chunks, more),
-                    BundleCompletion::NoBuffers => return Err("the ring ran dry".into()),
-                    BundleCompletion::EndOfStream => return Err("unexpected end of stream".into()),
-                    BundleCompletion::Failed(e) => return Err(e.into()),
+                    Completion::Data { chunks, more } => (chunks, more),
+                    Completion::NoBuffers => return Err("the ring ran dry".into()),
+                    Completion::EndOfStream => return Err("unexpected end of stream".into()),
+                    Completion::Failed(e) => return Err(e.into()),
                 };
                 shown.clear();
                 // The chunks are dropped at the end of this loop: a buffer goes back only
@@ -205,10 +203,10 @@ pub fn run(args: Args) -> crate::CliResult {
         ring.submit_and_wait(1)?;
         let cqes: Vec<_> = ring.completion().map(|c| (c.result(), c.flags())).collect();
         for (res, flags) in cqes {
-            // A plain CQE is a bundle of one buffer, so this serves every mode.
+            // SAFETY: as above.
             if !matches!(
-                pool.complete_bundle(res, flags)?,
-                BundleCompletion::Data { more: true, .. }
+                unsafe { pool.complete(Cqe::new(res, flags))? },
+                Completion::Data { more: true, .. }
             ) {
                 break 'wait;
             }

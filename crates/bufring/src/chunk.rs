@@ -16,6 +16,10 @@ use std::sync::atomic::{fence, AtomicU32, Ordering};
 
 use crate::mem::Mmap;
 
+mod chunks;
+pub use chunks::Chunks;
+pub(crate) use chunks::{Piece, Pieces};
+
 const NIL: u32 = u32::MAX;
 /// On the return stack once the pool is gone: a releaser then frees the buffer itself.
 const CLOSED: u32 = u32::MAX - 1;
@@ -56,15 +60,15 @@ impl Shared {
         }
     }
 
-    /// The address of buffer `bid`'s first byte.
+    /// The address of buffer `bid`'s first byte. Only an address: forming a slice from it is
+    /// the business of [`Chunk`], whose contract says when that is allowed.
     #[inline]
     pub(crate) fn buf_addr(&self, bid: u16) -> *mut u8 {
-        // SAFETY: the pool only passes bids below `count`, so the offset is inside the region.
-        unsafe {
-            self.region
-                .as_ptr()
-                .add(bid as usize * self.buf_len as usize)
-        }
+        // `wrapping_add`: computing an address needs no proof; it lies in the region for every
+        // bid below `count`, which is all the pool ever passes.
+        self.region
+            .as_ptr()
+            .wrapping_add(bid as usize * self.buf_len as usize)
     }
 
     /// The kernel now holds `bid` (the owner posted it).
@@ -159,7 +163,16 @@ impl Shared {
         }
     }
 
-    /// Live references to `bid` (for tests and statistics).
+    /// The pointer chunks keep: `Arc::as_ptr`, which keeps the provenance of the whole `Arc`
+    /// allocation (`Arc::decrement_strong_count` in [`release`](Self::release) needs it).
+    #[inline]
+    pub(crate) fn ptr(this: &Arc<Shared>) -> NonNull<Shared> {
+        // SAFETY: `Arc::as_ptr` is never null.
+        unsafe { NonNull::new_unchecked(Arc::as_ptr(this).cast_mut()) }
+    }
+
+    /// Live references to `bid` (for tests).
+    #[cfg(any(test, feature = "model"))]
     pub(crate) fn refs(&self, bid: u16) -> u32 {
         self.refs[bid as usize].load(Ordering::Relaxed)
     }
@@ -193,16 +206,26 @@ unsafe impl Send for Chunk {}
 unsafe impl Sync for Chunk {}
 
 impl Chunk {
-    /// Wraps `[offset, offset + len)` of buffer `bid`. The caller has taken the reference the
-    /// chunk will give back; that reference keeps `shared` alive (see [`Shared`]).
+    /// Wraps `[offset, offset + len)` of buffer `bid`.
+    ///
+    /// # Safety
+    /// `bid < count` and `offset + len <= buf_len`; the kernel has written that range and will
+    /// not write it again while the chunk lives (a completion committed it, and the buffer is
+    /// posted again only after its last reference is gone); no other chunk covers it; and the
+    /// caller has taken the reference to `bid` the chunk will give back, which keeps `shared`
+    /// alive (see [`Shared`]). `shared` is `Arc::as_ptr` of the `Arc` holding the `Shared`.
     #[inline]
-    pub(crate) fn new(shared: &Arc<Shared>, bid: u16, offset: u32, len: u32, last: bool) -> Self {
-        // SAFETY: `offset + len <= buf_len` was checked by the pool, so the pointer is inside
-        // buffer `bid`.
-        let ptr = unsafe { shared.buf_addr(bid).add(offset as usize) };
-        // SAFETY: `Arc::as_ptr` is never null. (It keeps the provenance of the whole `Arc`
-        // allocation, which `Arc::decrement_strong_count` in `release` needs.)
-        let shared = unsafe { NonNull::new_unchecked(Arc::as_ptr(shared).cast_mut()) };
+    pub(crate) unsafe fn new(
+        shared: NonNull<Shared>,
+        bid: u16,
+        offset: u32,
+        len: u32,
+        last: bool,
+    ) -> Self {
+        // SAFETY: the caller's reference to `bid` keeps `shared` alive.
+        let s = unsafe { shared.as_ref() };
+        // SAFETY: `offset + len <= buf_len` (caller), so the pointer stays inside buffer `bid`.
+        let ptr = unsafe { s.buf_addr(bid).add(offset as usize) };
         Chunk {
             shared,
             ptr,
@@ -218,16 +241,6 @@ impl Chunk {
     fn shared(&self) -> &Shared {
         // SAFETY: the chunk's reference to its buffer keeps the `Shared` alive (see `Shared`).
         unsafe { self.shared.as_ref() }
-    }
-
-    /// A new `Arc` of what the chunk shares with its pool.
-    pub(crate) fn shared_arc(&self) -> Arc<Shared> {
-        // SAFETY: `self.shared` is the `Arc`'s pointer, and the chunk's reference keeps the
-        // strong count above zero, so taking one more and wrapping it is sound.
-        unsafe {
-            Arc::increment_strong_count(self.shared.as_ptr());
-            Arc::from_raw(self.shared.as_ptr())
-        }
     }
 
     /// The buffer id.
@@ -410,7 +423,8 @@ mod tests {
             shared.hold(bid);
         }
         let chunks: Vec<Chunk> = (0..4)
-            .map(|bid| Chunk::new(&shared, bid, 0, 16, true))
+            // SAFETY: whole buffers nothing writes; each chunk takes the reference `hold` made.
+            .map(|bid| unsafe { Chunk::new(Shared::ptr(&shared), bid, 0, 16, true) })
             .collect();
         let handles: Vec<_> = chunks
             .into_iter()
@@ -439,10 +453,12 @@ mod tests {
         for bid in 0..3 {
             shared.hold(bid);
         }
-        let early = Chunk::new(&shared, 0, 0, 16, true); // returned before the close
-        let late = Chunk::new(&shared, 1, 0, 16, true); // outlives the pool
+        // SAFETY (the three chunks): ranges of buffers nothing writes, each with the reference
+        // `hold` (or `acquire`) made.
+        let early = unsafe { Chunk::new(Shared::ptr(&shared), 0, 0, 16, true) }; // returned before the close
+        let late = unsafe { Chunk::new(Shared::ptr(&shared), 1, 0, 16, true) }; // outlives the pool
         shared.acquire(2);
-        let mut split = Chunk::new(&shared, 2, 0, 8, false); // buffer 2 stays with the kernel
+        let mut split = unsafe { Chunk::new(Shared::ptr(&shared), 2, 0, 8, false) }; // buffer 2 stays with the kernel
         let piece = split.split_to(4);
         drop(early);
         // What `Pool::drop` does.

@@ -121,8 +121,7 @@ pub enum BadCompletion {
         /// The bid the pool's copy of the ring has at that position.
         found: u16,
     },
-    /// A bundle would need more buffers than the kernel can put in one (`MAX_BUNDLE`), or than are
-    /// posted after its first buffer.
+    /// A bundle would need more buffers than are posted from its first buffer on.
     BundleTooLarge {
         /// The bid in the CQE.
         bid: u16,
@@ -131,6 +130,11 @@ pub enum BadCompletion {
         /// Bytes the buffers it could cover hold.
         space: u64,
     },
+    /// A kernel incremental pool made reads of regular files (which use up the length asked
+    /// for) and receives or reads of pollable files (which use up the bytes received): the CQE
+    /// does not say which kind it is, so the pool cannot tell where the kernel will write
+    /// next. Use one pool per kind.
+    MixedFileReads,
 }
 
 impl std::fmt::Display for BadCompletion {
@@ -167,6 +171,10 @@ impl std::fmt::Display for BadCompletion {
             BadCompletion::BundleTooLarge { bid, res, space } => write!(
                 f,
                 "bundle of {res} bytes starting at bid {bid}, but the buffers it could cover hold only {space}"
+            ),
+            BadCompletion::MixedFileReads => write!(
+                f,
+                "a kernel incremental pool made both regular-file reads and receives: use one pool per kind"
             ),
         }
     }

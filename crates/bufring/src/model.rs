@@ -17,7 +17,14 @@ use std::sync::Arc;
 
 use crate::chunk::Shared;
 use crate::mem::Mmap;
-use crate::sys::{self, IoUringBuf};
+use crate::ring::RingEntry;
+use crate::sys::IoUringBuf;
+
+// The CQE flags the model sets (the io-uring crate decodes them but does not export them).
+const IORING_CQE_F_BUFFER: u32 = 1 << 0;
+const IORING_CQE_F_MORE: u32 = 1 << 1;
+const IORING_CQE_F_BUF_MORE: u32 = 1 << 4;
+const IORING_CQE_BUFFER_SHIFT: u32 = 16;
 
 pub mod hostile;
 
@@ -133,15 +140,14 @@ impl ModelRing {
 
     /// Entry `index & mask`, read field by field like the kernel's READ_ONCE (`resv` is left 0:
     /// in entry 0 it is the tail).
-    pub fn entry(&self, index: u16) -> IoUringBuf {
+    pub fn entry(&self, index: u16) -> RingEntry {
         let e = self.slot(index);
         // SAFETY: the slot is inside the mapping; volatile reads of plain integers.
         unsafe {
-            IoUringBuf {
+            RingEntry {
                 addr: std::ptr::addr_of!((*e).addr).read_volatile(),
                 len: std::ptr::addr_of!((*e).len).read_volatile(),
                 bid: std::ptr::addr_of!((*e).bid).read_volatile(),
-                resv: 0,
             }
         }
     }
@@ -208,40 +214,8 @@ impl fmt::Display for ModelError {
 
 impl std::error::Error for ModelError {}
 
-/// A completion as the kernel posts it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cqe {
-    /// The result.
-    pub res: i32,
-    /// The flags (F_BUFFER with the bid in the upper 16 bits, F_MORE, F_BUF_MORE, ...).
-    pub flags: u32,
-}
-
-impl Cqe {
-    /// What the differential tests compare: result, bid (if F_BUFFER), F_MORE, F_BUF_MORE.
-    /// F_SOCK_NONEMPTY depends on timing and is left out.
-    pub fn key(self) -> (i32, Option<u16>, bool, bool) {
-        let f = crate::CqeFlags(self.flags);
-        (self.res, f.buffer(), f.more(), f.buf_more())
-    }
-}
-
-impl fmt::Display for Cqe {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (res, bid, more, buf_more) = self.key();
-        write!(f, "res {res}")?;
-        if let Some(bid) = bid {
-            write!(f, " bid {bid}")?;
-        }
-        if more {
-            f.write_str(" MORE")?;
-        }
-        if buf_more {
-            f.write_str(" BUF_MORE")?;
-        }
-        Ok(())
-    }
-}
+/// A completion as the kernel posts it (the crate's own [`Cqe`](crate::Cqe)).
+pub use crate::Cqe;
 
 /// One receive the model carried out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,7 +266,7 @@ impl KernelModel {
 
     /// The entries the kernel holds now, head first: `(index, entry)`. Their `[addr, addr+len)`
     /// ranges are all the model may still write.
-    pub fn posted(&self) -> Vec<(u16, IoUringBuf)> {
+    pub fn posted(&self) -> Vec<(u16, RingEntry)> {
         let n = self.available();
         (0..n)
             .map(|i| {
@@ -319,14 +293,13 @@ impl KernelModel {
         }
         let n = (len as usize).min(data.len());
         self.ring.write(e.bid, e.addr, &data[..n])?;
-        let mut flags =
-            sys::IORING_CQE_F_BUFFER | (u32::from(e.bid) << sys::IORING_CQE_BUFFER_SHIFT);
+        let mut flags = IORING_CQE_F_BUFFER | (u32::from(e.bid) << IORING_CQE_BUFFER_SHIFT);
         if !self.commit(n as u32, 1) {
-            flags |= sys::IORING_CQE_F_BUF_MORE;
+            flags |= IORING_CQE_F_BUF_MORE;
         }
         Ok(Some(Received {
             cqe: Cqe {
-                res: n as i32,
+                result: n as i32,
                 flags,
             },
             used: n,
@@ -420,14 +393,13 @@ impl KernelModel {
             total += n;
             touched += 1;
         }
-        let mut flags =
-            sys::IORING_CQE_F_BUFFER | (u32::from(first.bid) << sys::IORING_CQE_BUFFER_SHIFT);
+        let mut flags = IORING_CQE_F_BUFFER | (u32::from(first.bid) << IORING_CQE_BUFFER_SHIFT);
         if !self.commit(total as u32, touched) {
-            flags |= sys::IORING_CQE_F_BUF_MORE;
+            flags |= IORING_CQE_F_BUF_MORE;
         }
         Ok(Some(Received {
             cqe: Cqe {
-                res: total as i32,
+                result: total as i32,
                 flags,
             },
             used: total,
@@ -477,7 +449,7 @@ impl KernelModel {
             // The kernel selects a buffer before it looks at the socket.
             if self.available() == 0 {
                 out.push(Cqe {
-                    res: -libc::ENOBUFS,
+                    result: -libc::ENOBUFS,
                     flags: 0,
                 });
                 sock.armed = None;
@@ -493,7 +465,10 @@ impl KernelModel {
                     sock.armed = None;
                 } else if sock.eof {
                     // End of stream: the buffer goes back untouched, no F_BUFFER.
-                    out.push(Cqe { res: 0, flags: 0 });
+                    out.push(Cqe {
+                        result: 0,
+                        flags: 0,
+                    });
                     sock.armed = None;
                 } else {
                     sock.wake = false;
@@ -528,12 +503,12 @@ impl KernelModel {
                     if !emptied && sock.msg_inq > 1 && r.used > 0 && r.used == r.mapped {
                         let r2 = self.bundle_round(sock)?;
                         res += r2.used;
-                        flags = (flags & !sys::IORING_CQE_F_BUF_MORE)
-                            | (r2.cqe.flags & sys::IORING_CQE_F_BUF_MORE);
+                        flags = (flags & !IORING_CQE_F_BUF_MORE)
+                            | (r2.cqe.flags & IORING_CQE_F_BUF_MORE);
                         emptied = r2.ring_emptied;
                     }
                     let cqe = Cqe {
-                        res: res as i32,
+                        result: res as i32,
                         flags,
                     };
                     if emptied {
@@ -546,8 +521,8 @@ impl KernelModel {
                 }
             };
             out.push(Cqe {
-                res: cqe.res,
-                flags: cqe.flags | sys::IORING_CQE_F_MORE,
+                result: cqe.result,
+                flags: cqe.flags | IORING_CQE_F_MORE,
             });
             if sock.data.is_empty() && !sock.eof {
                 sock.wake = false;

@@ -122,7 +122,8 @@ fn try_incremental_bundle(ring: &mut IoUring) -> bool {
         // is empty, so the slots are free.
         unsafe { br.add(base + u64::from(bid) * u64::from(LEN), LEN, bid, bid) };
     }
-    br.advance(2);
+    // SAFETY: both entries were just added.
+    unsafe { br.advance(2) };
     if tx.write_all(&[0x5a; 100]).is_err() {
         return false;
     }
@@ -158,7 +159,7 @@ fn probe_pbuf_status(ring: &IoUring) -> bool {
 }
 
 /// `uname -r`.
-pub fn kernel_release() -> String {
+pub(crate) fn kernel_release() -> String {
     // SAFETY: utsname is plain old data; uname fills it.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     // SAFETY: `u` is a valid utsname to write into.

@@ -11,8 +11,8 @@ use io_uring::{opcode, squeue, types};
 
 use crate::chunk::Chunk;
 use crate::error::{Error, Result};
-use crate::ops::Target;
 use crate::pool::Pool;
+use crate::pool::Target;
 
 /// `sizeof(struct io_uring_recvmsg_out)`: namelen, controllen, payloadlen, flags (u32 each).
 pub(crate) const OUT_LEN: u32 = 16;
@@ -47,9 +47,13 @@ const CMSG_ALIGN: usize = size_of::<usize>();
 /// unsafe { ring.submission().push(&msg.multishot(&pool, sock.as_raw_fd())?)? };
 /// ring.submit_and_wait(1)?;
 /// let cqe = ring.completion().next().unwrap();
-/// if let Completion::Data { chunk, .. } = pool.complete_cqe(&cqe)? {
-///     let dgram = msg.parse(chunk)?;
-///     println!("{:?} sent {} bytes", dgram.source(), dgram.payload().len());
+/// // SAFETY: the CQE was just reaped from the ring the pool is registered on, for the request
+/// // above, and goes to the pool once.
+/// if let Completion::Data { chunks, .. } = unsafe { pool.complete(&cqe)? } {
+///     for chunk in chunks {
+///         let dgram = msg.parse(chunk)?;
+///         println!("{:?} sent {} bytes", dgram.source(), dgram.payload().len());
+///     }
 /// }
 /// # Ok(()) }
 /// ```
@@ -187,9 +191,10 @@ impl RecvMsg {
     ///
     /// Pushing it is `unsafe` for the usual reason: keep `pool` and this `RecvMsg` alive until
     /// the request has ended (a CQE without F_MORE) or been cancelled. Every CQE goes to
-    /// [`Pool::complete`]; each `Completion::Data` chunk goes to [`parse`](Self::parse).
+    /// [`Pool::complete`]; each chunk of a `Completion::Data` goes to [`parse`](Self::parse).
     pub fn multishot(&self, pool: &Pool, fd: impl Into<Target>) -> Result<squeue::Entry> {
         self.check_pool(pool)?;
+        pool.built_stream();
         let msg: *const libc::msghdr = &*self.msghdr;
         let bgid = pool.bgid();
         Ok(match fd.into() {
@@ -253,7 +258,7 @@ impl RecvMsg {
 /// The shortest tail an incremental pool leaves for the kernel to select: the ring's
 /// `min_left` (below it the kernel retires the buffer).
 fn incremental_min_left(pool: &Pool) -> u32 {
-    pool.min_left
+    pool.min_left()
 }
 
 /// Walks the control messages once, so iterating them later cannot go wrong.

@@ -7,10 +7,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::cqueue;
+use io_uring::types::BufRingEntry;
 
 use crate::error::{Error, Feature, Result};
 use crate::mem::{page_size, Mmap};
-use crate::sys::{self, IoUringBuf, IoUringBufReg};
+use crate::sys::{self, IoUringBufReg};
 
 /// How to register a [`BufRing`]; made by [`BufRing::builder`].
 #[derive(Debug, Clone, Copy)]
@@ -98,14 +99,14 @@ impl BufRingBuilder {
     pub fn register(self, ring: &impl AsRawFd) -> Result<BufRing> {
         self.validate()?;
         let fd = dup_fd(ring.as_raw_fd())?;
-        let len = (self.entries as usize * std::mem::size_of::<IoUringBuf>())
+        let len = (self.entries as usize * std::mem::size_of::<BufRingEntry>())
             .next_multiple_of(page_size());
         let mut flags = 0;
         if self.incremental {
-            flags |= sys::IOU_PBUF_RING_INC;
+            flags |= io_uring::types::IOU_PBUF_RING_INC as u16;
         }
         let mem = if self.kernel_allocated {
-            flags |= sys::IOU_PBUF_RING_MMAP;
+            flags |= io_uring::types::IOU_PBUF_RING_MMAP as u16;
             None
         } else {
             Some(Mmap::anonymous(len, crate::mem::HugePages::Off)?)
@@ -118,7 +119,10 @@ impl BufRingBuilder {
             min_left: self.min_left,
             resv: [0; 5],
         };
-        if let Err(e) = sys::register_pbuf_ring(fd.as_raw_fd(), &reg) {
+        // SAFETY: the ring memory `reg` names is ours (a fresh mapping of `len` bytes, page
+        // aligned, for `entries` entries) or 0 for a kernel-allocated ring; the `BufRing` built
+        // below owns it and unregisters before unmapping it (or leaks it).
+        if let Err(e) = unsafe { sys::register_pbuf_ring(fd.as_raw_fd(), &reg) } {
             return Err(self.registration_error(e));
         }
         let mem = match mem {
@@ -140,7 +144,9 @@ impl BufRingBuilder {
         };
         let ring = BufRing {
             fd,
-            mem,
+            mem: std::mem::ManuallyDrop::new(mem),
+            registered: true,
+            abandoned: false,
             entries: self.entries,
             mask: (self.entries - 1) as u16,
             tail: 0,
@@ -220,7 +226,12 @@ fn dup_fd(fd: RawFd) -> Result<OwnedFd> {
 /// points) and become visible to the kernel with one [`advance`](Self::advance) per batch.
 pub struct BufRing {
     fd: OwnedFd,
-    mem: Mmap,
+    /// Unmapped on drop only once the kernel let go of the ring.
+    mem: std::mem::ManuallyDrop<Mmap>,
+    /// Still registered with the kernel.
+    registered: bool,
+    /// Abandoned to the kernel: never unmapped (an owner already counted the leak).
+    abandoned: bool,
     entries: u32,
     mask: u16,
     /// Our tail: entries below it are published.
@@ -299,16 +310,16 @@ impl BufRing {
     }
 
     #[inline]
-    fn bufs(&self) -> *mut IoUringBuf {
+    fn bufs(&self) -> *mut BufRingEntry {
         self.mem.as_ptr().cast()
     }
 
     #[inline]
     fn tail_atomic(&self) -> &AtomicU16 {
-        // SAFETY: the tail is the u16 at byte 14 of the ring (bufs[0].resv); the mapping is
-        // page aligned so the u16 is aligned, lives as long as `self`, and is only ever
-        // accessed atomically by us and the kernel.
-        unsafe { &*self.mem.as_ptr().add(14).cast::<AtomicU16>() }
+        // SAFETY: `BufRingEntry::tail` is the address of the tail (entry 0's `resv`) inside the
+        // mapping, which lives as long as `self`; the mapping is page aligned, so the u16 is
+        // aligned; we and the kernel only ever access it atomically.
+        unsafe { &*BufRingEntry::tail(self.bufs()).cast::<AtomicU16>() }
     }
 
     /// Writes entry `tail + offset` (not yet visible to the kernel): liburing's
@@ -322,31 +333,39 @@ impl BufRing {
     pub unsafe fn add(&mut self, addr: u64, len: u32, bid: u16, offset: u16) {
         let idx = (self.tail.wrapping_add(offset) & self.mask) as usize;
         // SAFETY: idx < entries, so the entry is inside the mapping; the caller guarantees the
-        // kernel is not reading this slot.
-        unsafe {
-            let e = self.bufs().add(idx);
-            std::ptr::addr_of_mut!((*e).addr).write(addr);
-            std::ptr::addr_of_mut!((*e).len).write(len);
-            std::ptr::addr_of_mut!((*e).bid).write(bid);
-        }
+        // kernel does not own this slot. The setters write addr, len and bid only: `resv` (in
+        // entry 0, the tail the kernel reads atomically) is never written through the entry.
+        let e = unsafe { &mut *self.bufs().add(idx) };
+        e.set_addr(addr);
+        e.set_len(len);
+        e.set_bid(bid);
     }
 
     /// Publishes `count` added entries with one release store of the tail: liburing's
     /// `io_uring_buf_ring_advance`.
+    ///
+    /// # Safety
+    /// The `count` entries after the tail must have been written by [`add`](Self::add) since the
+    /// last advance, each under `add`'s contract: publishing a slot that holds an old entry
+    /// (after the ring wrapped) would give the kernel a buffer that may be in use.
     #[inline]
-    pub fn advance(&mut self, count: u16) {
+    pub unsafe fn advance(&mut self, count: u16) {
         self.tail = self.tail.wrapping_add(count);
         self.tail_atomic().store(self.tail, Ordering::Release);
     }
 
     /// Publishes `count` entries and marks the CQEs consumed so far as seen, in one place:
     /// liburing's `io_uring_buf_ring_cq_advance` for the io-uring crate's completion queue.
-    pub fn cq_advance<E: cqueue::EntryMarker>(
+    ///
+    /// # Safety
+    /// As for [`advance`](Self::advance).
+    pub unsafe fn cq_advance<E: cqueue::EntryMarker>(
         &mut self,
         cq: &mut cqueue::CompletionQueue<'_, E>,
         count: u16,
     ) {
-        self.advance(count);
+        // SAFETY: the caller's contract is `advance`'s.
+        unsafe { self.advance(count) };
         cq.sync();
     }
 
@@ -371,33 +390,73 @@ impl BufRing {
 
     /// Reads entry `index & mask` as it is now (the kernel rewrites addr and len of the head
     /// entry on incremental rings). For diagnostics and tests.
-    pub fn entry(&self, index: u16) -> IoUringBuf {
+    pub fn entry(&self, index: u16) -> RingEntry {
         let idx = (index & self.mask) as usize;
-        // SAFETY: idx < entries; a volatile read of plain integers the kernel may be writing
-        // gives some value of each field, never UB on these types.
-        unsafe { std::ptr::read_volatile(self.bufs().add(idx)) }
+        let e = self.bufs().wrapping_add(idx).cast::<sys::IoUringBuf>();
+        // SAFETY: idx < entries, so the entry is inside the mapping; volatile reads of plain
+        // integers the kernel may be writing give some value of each field, never UB.
+        unsafe {
+            RingEntry {
+                addr: std::ptr::addr_of!((*e).addr).read_volatile(),
+                len: std::ptr::addr_of!((*e).len).read_volatile(),
+                bid: std::ptr::addr_of!((*e).bid).read_volatile(),
+            }
+        }
     }
 
-    /// Unregisters the ring now and reports the kernel's answer (drop does the same silently).
-    pub fn unregister(self) -> Result<()> {
-        let r = sys::unregister_pbuf_ring(self.fd.as_raw_fd(), self.bgid)
-            .map_err(|e| Error::kernel(format!("unregister buffer ring (bgid {})", self.bgid), e));
-        // Skip the second unregister in Drop, but still unmap and close.
-        let this = std::mem::ManuallyDrop::new(self);
-        // SAFETY: `this` is never used again; each field is moved out exactly once.
-        unsafe {
-            drop(std::ptr::read(&this.mem));
-            drop(std::ptr::read(&this.fd));
+    /// Unregisters the ring now and reports the kernel's answer. Drop does the same, and
+    /// leaks the ring memory if the kernel refuses (see [`leaks`](crate::leaks)).
+    pub fn unregister(mut self) -> Result<()> {
+        self.unregister_in_place()
+    }
+
+    /// Gives the ring up to the kernel for good: its memory is never unmapped. Returns its size,
+    /// for the owner's count of what it leaked.
+    pub(crate) fn abandon(&mut self) -> usize {
+        self.abandoned = true;
+        self.mem.len()
+    }
+
+    /// Unregisters the ring, unless done already. On failure the ring stays registered and its
+    /// memory will be leaked on drop rather than unmapped under the kernel.
+    pub(crate) fn unregister_in_place(&mut self) -> Result<()> {
+        if !self.registered {
+            return Ok(());
         }
-        r
+        sys::unregister_pbuf_ring(self.fd.as_raw_fd(), self.bgid).map_err(|e| {
+            Error::kernel(format!("unregister buffer ring (bgid {})", self.bgid), e)
+        })?;
+        self.registered = false;
+        Ok(())
     }
 }
 
 impl Drop for BufRing {
     fn drop(&mut self) {
+        if self.abandoned {
+            return;
+        }
         // Unregister before the memory goes away, so the kernel never sees a dangling ring.
-        let _ = sys::unregister_pbuf_ring(self.fd.as_raw_fd(), self.bgid);
+        if self.unregister_in_place().is_err() {
+            // Still registered (e.g. EEXIST: dropped off the owner thread of a SINGLE_ISSUER
+            // ring): the kernel may read this memory, so it stays mapped for good.
+            crate::pool::record_leak(self.mem.len());
+            return;
+        }
+        // SAFETY: dropped once, here; the kernel no longer uses the ring.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.mem) };
     }
+}
+
+/// One entry of a buffer ring as read by [`BufRing::entry`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RingEntry {
+    /// Where the kernel writes next in the buffer.
+    pub addr: u64,
+    /// Bytes left from `addr` (0 once an incremental buffer is used up).
+    pub len: u32,
+    /// The buffer id.
+    pub bid: u16,
 }
 
 // Ring memory that no kernel reads, for the kernel model (tests only).

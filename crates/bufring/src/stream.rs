@@ -69,8 +69,8 @@ impl RecvStream {
     /// `Failed`) is handed back for the caller to handle (re-arm, or give up).
     pub fn push_completion(&mut self, completion: Completion) -> Option<Completion> {
         match completion {
-            Completion::Data { chunk, .. } => {
-                self.push(chunk);
+            Completion::Data { chunks, .. } => {
+                chunks.for_each(|c| self.push(c));
                 None
             }
             Completion::EndOfStream => {
@@ -307,7 +307,9 @@ pub(crate) mod test_chunks {
                 );
             }
             self.0.acquire(bid);
-            Chunk::new(&self.0, bid, offset, bytes.len() as u32, false)
+            // SAFETY: as above; the chunk takes the reference just acquired, and the test keeps
+            // its own `Arc`.
+            unsafe { Chunk::new(Shared::ptr(&self.0), bid, offset, bytes.len() as u32, false) }
         }
     }
 }

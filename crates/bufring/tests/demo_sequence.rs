@@ -7,7 +7,10 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use bufring::Cqe;
 use bufring::{Completion, Incremental, Pool};
+#[allow(unused_imports)]
+use common::{one, Reap};
 
 fn run(mode: Incremental) -> Vec<(usize, u16, u32, bool)> {
     let mut ring = match common::uring(64) {
@@ -28,8 +31,9 @@ fn run(mode: Incremental) -> Vec<(usize, u16, u32, bool)> {
         let mut got = 0;
         while got < size {
             for (_, res, flags) in common::reap(&mut ring, Duration::from_secs(5)) {
-                match pool.complete(res, flags).unwrap() {
-                    Completion::Data { chunk, more } => {
+                match pool.reap(Cqe::new(res, flags)).unwrap() {
+                    Completion::Data { chunks, more } => {
+                        let chunk = one(chunks);
                         assert!(more, "multishot ended early");
                         assert!(chunk.iter().all(|&b| b == size as u8));
                         got += chunk.len();

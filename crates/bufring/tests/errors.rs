@@ -7,7 +7,14 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use bufring::sys::{IORING_CQE_F_BUFFER, IORING_CQE_F_BUF_MORE, IORING_CQE_F_MORE};
+use bufring::Cqe;
+#[allow(unused_imports)]
+use common::{one, Reap};
+
+// CQE flags, as the uapi header defines them.
+const IORING_CQE_F_BUFFER: u32 = 1 << 0;
+const IORING_CQE_F_MORE: u32 = 1 << 1;
+const IORING_CQE_F_BUF_MORE: u32 = 1 << 4;
 use bufring::{BadCompletion, BufRing, Completion, Error, HugePages, Incremental, Pool};
 
 macro_rules! ring_or_return {
@@ -144,18 +151,18 @@ fn forged_completions_are_rejected_and_change_nothing() {
         .unwrap();
     let before = classic.stats();
     assert_eq!(
-        bad(classic.complete(10, flags(4, 0))),
+        bad(classic.reap(Cqe::new(10, flags(4, 0)))),
         BadCompletion::BidOutOfRange { bid: 4, count: 4 }
     );
     assert_eq!(
-        bad(classic.complete(10, flags(u16::MAX, IORING_CQE_F_MORE))),
+        bad(classic.reap(Cqe::new(10, flags(u16::MAX, IORING_CQE_F_MORE)))),
         BadCompletion::BidOutOfRange {
             bid: u16::MAX,
             count: 4
         }
     );
     assert_eq!(
-        bad(classic.complete(1001, flags(0, 0))),
+        bad(classic.reap(Cqe::new(1001, flags(0, 0)))),
         BadCompletion::TooLong {
             bid: 0,
             res: 1001,
@@ -163,7 +170,7 @@ fn forged_completions_are_rejected_and_change_nothing() {
         }
     );
     assert_eq!(
-        bad(classic.complete(i32::MAX, flags(0, 0))),
+        bad(classic.reap(Cqe::new(i32::MAX, flags(0, 0)))),
         BadCompletion::TooLong {
             bid: 0,
             res: i32::MAX,
@@ -171,11 +178,11 @@ fn forged_completions_are_rejected_and_change_nothing() {
         }
     );
     assert_eq!(
-        bad(classic.complete(10, flags(1, IORING_CQE_F_BUF_MORE))),
+        bad(classic.reap(Cqe::new(10, flags(1, IORING_CQE_F_BUF_MORE)))),
         BadCompletion::BufMoreOnClassicPool { bid: 1 }
     );
     assert_eq!(
-        bad(classic.complete(10, IORING_CQE_F_MORE)),
+        bad(classic.reap(Cqe::new(10, IORING_CQE_F_MORE))),
         BadCompletion::DataWithoutBuffer { res: 10 }
     );
     let after = classic.stats();
@@ -188,19 +195,20 @@ fn forged_completions_are_rejected_and_change_nothing() {
     // A genuine completion for bid 0 is still accepted; a second one for the same bid is not
     // (the kernel no longer holds it).
     let c = classic
-        .complete(1000, flags(0, 0))
+        .reap(Cqe::new(1000, flags(0, 0)))
         .unwrap()
-        .into_chunk()
+        .into_chunks()
+        .map(one)
         .unwrap();
     assert_eq!(c.len(), 1000);
     assert_eq!(
-        bad(classic.complete(5, flags(0, 0))),
+        bad(classic.reap(Cqe::new(5, flags(0, 0)))),
         BadCompletion::BidNotHeldByKernel { bid: 0 }
     );
     drop(c);
     classic.publish();
     assert!(
-        classic.complete(5, flags(0, 0)).is_ok(),
+        classic.reap(Cqe::new(5, flags(0, 0))).is_ok(),
         "bid 0 is posted again"
     );
 
@@ -211,14 +219,15 @@ fn forged_completions_are_rejected_and_change_nothing() {
         .build(&ring)
         .unwrap();
     let a = inc
-        .complete(600, flags(1, IORING_CQE_F_BUF_MORE))
+        .reap(Cqe::new(600, flags(1, IORING_CQE_F_BUF_MORE)))
         .unwrap()
-        .into_chunk()
+        .into_chunks()
+        .map(one)
         .unwrap();
     assert_eq!((a.offset(), a.len()), (0, 600));
     // 400 bytes left in bid 1: 401 is a lie.
     assert_eq!(
-        bad(inc.complete(401, flags(1, IORING_CQE_F_BUF_MORE))),
+        bad(inc.reap(Cqe::new(401, flags(1, IORING_CQE_F_BUF_MORE)))),
         BadCompletion::TooLong {
             bid: 1,
             res: 401,
@@ -227,13 +236,14 @@ fn forged_completions_are_rejected_and_change_nothing() {
     );
     assert_eq!(inc.cursor(1), Some(600));
     let b = inc
-        .complete(400, flags(1, 0))
+        .reap(Cqe::new(400, flags(1, 0)))
         .unwrap()
-        .into_chunk()
+        .into_chunks()
+        .map(one)
         .unwrap();
     assert_eq!((b.offset(), b.len(), b.is_last()), (600, 400, true));
     assert_eq!(
-        bad(inc.complete(1, flags(1, IORING_CQE_F_BUF_MORE))),
+        bad(inc.reap(Cqe::new(1, flags(1, IORING_CQE_F_BUF_MORE)))),
         BadCompletion::BidNotHeldByKernel { bid: 1 }
     );
     assert_eq!(inc.stats().rejected, 2);
@@ -250,21 +260,21 @@ fn negative_results_are_outcomes_not_rejections() {
     let ring = ring_or_return!();
     let mut pool = Pool::builder(1).count(2).buf_len(100).build(&ring).unwrap();
     assert!(matches!(
-        pool.complete(-libc::ENOBUFS, 0).unwrap(),
+        pool.reap(Cqe::new(-libc::ENOBUFS, 0)).unwrap(),
         Completion::NoBuffers
     ));
-    match pool.complete(-libc::ECONNRESET, 0).unwrap() {
+    match pool.reap(Cqe::new(-libc::ECONNRESET, 0)).unwrap() {
         Completion::Failed(e) => assert_eq!(e.raw_os_error(), Some(libc::ECONNRESET)),
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        pool.complete(0, 0).unwrap(),
+        pool.reap(Cqe::new(0, 0)).unwrap(),
         Completion::EndOfStream
     ));
     assert_eq!(pool.stats().enobufs, 1);
     // An error that still names a buffer: the buffer is accounted as retired, not lost.
     assert!(matches!(
-        pool.complete(-libc::EIO, flags(0, 0)).unwrap(),
+        pool.reap(Cqe::new(-libc::EIO, flags(0, 0))).unwrap(),
         Completion::Failed(_)
     ));
     assert_eq!(pool.publish(), 1, "the buffer goes straight back");
@@ -275,12 +285,17 @@ fn negative_results_are_outcomes_not_rejections() {
 fn real_traffic_after_forgeries() {
     let mut ring = ring_or_return!();
     let mut pool = Pool::builder(8).count(4).buf_len(512).build(&ring).unwrap();
-    let _ = pool.complete(100, flags(9, 0));
-    let _ = pool.complete(10_000, flags(0, 0));
+    let _ = pool.reap(Cqe::new(100, flags(9, 0)));
+    let _ = pool.reap(Cqe::new(10_000, flags(0, 0)));
     let (rx, mut tx) = common::tcp_pair();
     common::push(&mut ring, &pool.recv(rx.as_raw_fd()));
     tx.write_all(b"still fine").unwrap();
     let (_, res, f) = common::reap(&mut ring, Duration::from_secs(5))[0];
-    let c = pool.complete(res, f).unwrap().into_chunk().unwrap();
+    let c = pool
+        .reap(Cqe::new(res, f))
+        .unwrap()
+        .into_chunks()
+        .map(one)
+        .unwrap();
     assert_eq!(&c[..], b"still fine");
 }

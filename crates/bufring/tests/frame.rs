@@ -8,10 +8,13 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use bufring::Cqe;
 use bufring::{
     Delimited, Error, FrameError, Framing, Incremental, LengthPrefixed, Pool, RecvStream,
 };
 use common::Pattern;
+#[allow(unused_imports)]
+use common::{one, Reap};
 
 /// Frame `seq`'s body: its number in decimal, a colon, then letters seeded by it (never `\r`
 /// or `\n`, so delimited framing can use it too).
@@ -272,7 +275,9 @@ fn two_connections_sharing_an_incremental_pool() {
         assert!(std::time::Instant::now() < deadline, "streams not finished");
         for (ud, res, flags) in common::reap(&mut ring, Duration::from_millis(200)) {
             let (rx, framing, stream, seq, zero_copy) = &mut conns[ud as usize];
-            let c = pool.complete(res, flags).expect("completion rejected");
+            let c = pool
+                .reap(Cqe::new(res, flags))
+                .expect("completion rejected");
             let goes_on = c.more() || matches!(c, bufring::Completion::EndOfStream);
             if let Some(other) = stream.push_completion(c) {
                 assert!(matches!(other, bufring::Completion::NoBuffers), "{other:?}");

@@ -7,7 +7,10 @@ use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use bufring::Cqe;
 use bufring::{Chunk, Completion, Incremental, Pool};
+#[allow(unused_imports)]
+use common::{one, Reap};
 use common::{Checker, Pattern};
 
 fn stream_through(
@@ -228,8 +231,9 @@ fn two_connections_share_an_incremental_pool() {
         assert!(std::time::Instant::now() < deadline, "timed out");
         for (ud, res, flags) in common::reap(&mut ring, Duration::from_millis(200)) {
             let i = ud as usize;
-            match pool.complete(res, flags).unwrap() {
-                Completion::Data { chunk, more } => {
+            match pool.reap(Cqe::new(res, flags)).unwrap() {
+                Completion::Data { chunks, more } => {
+                    let chunk = one(chunks);
                     checks[i].check(&chunk);
                     if last_bid[1 - i] == Some(chunk.bid()) && chunk.offset() > 0 {
                         shared_buffer_seen = true;

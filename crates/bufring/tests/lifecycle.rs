@@ -7,8 +7,11 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use bufring::Cqe;
 use bufring::{Chunk, Completion, Incremental, Pool};
 use common::Checker;
+#[allow(unused_imports)]
+use common::{one, Reap};
 
 macro_rules! ring_or_return {
     () => {
@@ -39,8 +42,9 @@ fn exhaustion(mode: Incremental) {
     'outer: loop {
         assert!(Instant::now() < deadline, "timed out");
         for (_, res, flags) in common::reap(&mut ring, Duration::from_millis(100)) {
-            match pool.complete(res, flags).unwrap() {
-                Completion::Data { chunk, more } => {
+            match pool.reap(Cqe::new(res, flags)).unwrap() {
+                Completion::Data { chunks, more } => {
+                    let chunk = one(chunks);
                     check.check(&chunk);
                     // Hold everything: the ring must run dry.
                     held.push(chunk);
@@ -102,8 +106,8 @@ fn end_of_stream() {
         assert!(Instant::now() < deadline);
         let mut eof = false;
         for (_, res, flags) in common::reap(&mut ring, Duration::from_millis(100)) {
-            match pool.complete(res, flags).unwrap() {
-                Completion::Data { chunk, .. } => got.extend_from_slice(&chunk),
+            match pool.reap(Cqe::new(res, flags)).unwrap() {
+                Completion::Data { chunks, .. } => chunks.for_each(|c| got.extend_from_slice(&c)),
                 Completion::EndOfStream => eof = true,
                 other => panic!("{other:?}"),
             }
@@ -138,9 +142,10 @@ fn peer_reset_is_an_error_and_loses_no_buffer() {
     while got < 3 {
         for (_, res, flags) in common::reap(&mut ring, Duration::from_secs(5)) {
             got += pool
-                .complete(res, flags)
+                .reap(Cqe::new(res, flags))
                 .unwrap()
-                .into_chunk()
+                .into_chunks()
+                .map(one)
                 .unwrap()
                 .len();
         }
@@ -166,7 +171,7 @@ fn peer_reset_is_an_error_and_loses_no_buffer() {
     while err.is_none() {
         assert!(Instant::now() < deadline);
         for (_, res, flags) in common::reap(&mut ring, Duration::from_millis(100)) {
-            match pool.complete(res, flags).unwrap() {
+            match pool.reap(Cqe::new(res, flags)).unwrap() {
                 Completion::Failed(e) => err = Some(e),
                 Completion::EndOfStream => panic!("a reset is not an orderly end of stream"),
                 other => panic!("{other:?}"),
@@ -192,7 +197,12 @@ fn chunks_outlive_the_pool() {
     common::push(&mut ring, &pool.recv(rx.as_raw_fd()));
     tx.write_all(&[0x5a; 3000]).unwrap();
     let (_, res, flags) = common::reap(&mut ring, Duration::from_secs(5))[0];
-    let chunk = pool.complete(res, flags).unwrap().into_chunk().unwrap();
+    let chunk = pool
+        .reap(Cqe::new(res, flags))
+        .unwrap()
+        .into_chunks()
+        .map(one)
+        .unwrap();
     drop(pool);
     drop(ring);
     // Move it to another thread too: still valid memory.
@@ -218,7 +228,13 @@ fn head_and_available_follow_the_kernel() {
         common::push(&mut ring, &pool.recv(rx.as_raw_fd()));
         tx.write_all(&[i; 100]).unwrap();
         let (_, res, flags) = common::reap(&mut ring, Duration::from_secs(5))[0];
-        chunks.push(pool.complete(res, flags).unwrap().into_chunk().unwrap());
+        chunks.push(
+            pool.reap(Cqe::new(res, flags))
+                .unwrap()
+                .into_chunks()
+                .map(one)
+                .unwrap(),
+        );
     }
     assert_eq!(pool.ring().unwrap().head().unwrap(), 3);
     assert_eq!(pool.ring().unwrap().available().unwrap(), 5);
@@ -259,7 +275,12 @@ fn a_chunk_becomes_bytes_without_a_copy() {
     common::push(&mut ring, &pool.recv(rx.as_raw_fd()));
     tx.write_all(b"zero copy").unwrap();
     let (_, res, flags) = common::reap(&mut ring, Duration::from_secs(5))[0];
-    let chunk = pool.complete(res, flags).unwrap().into_chunk().unwrap();
+    let chunk = pool
+        .reap(Cqe::new(res, flags))
+        .unwrap()
+        .into_chunks()
+        .map(one)
+        .unwrap();
     let addr = chunk.as_ptr();
     let bytes = bytes::Bytes::from_owner(chunk);
     assert_eq!(&bytes[..], b"zero copy");
@@ -270,4 +291,74 @@ fn a_chunk_becomes_bytes_without_a_copy() {
         1,
         "dropping the Bytes gives the buffer back"
     );
+}
+
+/// A pool dropped on another thread than the owner of an IORING_SETUP_SINGLE_ISSUER ring: the
+/// kernel refuses the unregister (EEXIST) and keeps the ring, with a receive armed on it. The
+/// pool must not unmap memory the kernel may still write: it leaks it, and says so in
+/// `bufring::leaks()`. Data that arrives afterwards lands in that leaked memory, harmlessly.
+#[test]
+fn pool_dropped_off_a_single_issuer_thread_leaks_instead_of_freeing() {
+    let Some(mut ring) = single_issuer_ring() else {
+        return;
+    };
+    let (sock, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let pool = Pool::builder(41)
+        .count(4)
+        .buf_len(4096)
+        .build(&ring)
+        .unwrap();
+    common::push(
+        &mut ring,
+        &pool.recv_multishot(sock.as_raw_fd()).user_data(7),
+    );
+    let before = bufring::leaks();
+    std::thread::spawn(move || drop(pool)).join().unwrap();
+    let after = bufring::leaks();
+    // (`>=`: other tests of this binary run in parallel; none of them leaks.)
+    assert!(
+        after.pools > before.pools,
+        "the refused unregister is counted"
+    );
+    assert!(
+        after.bytes - before.bytes >= 4 * 4096,
+        "the buffers (and ring) are leaked: {after:?}"
+    );
+    // The kernel still has the ring and the armed receive: it writes into the leaked buffers.
+    peer.write_all(b"still mapped").unwrap();
+    let cqes = common::reap(&mut ring, Duration::from_secs(5));
+    assert!(
+        cqes.iter().any(|&(ud, res, _)| ud == 7 && res == 12),
+        "{cqes:?}"
+    );
+}
+
+/// The same drop on the owner's thread unregisters and frees: nothing is leaked.
+#[test]
+fn pool_dropped_on_the_single_issuer_thread_frees() {
+    let Some(ring) = single_issuer_ring() else {
+        return;
+    };
+    let pool = Pool::builder(42)
+        .count(4)
+        .buf_len(4096)
+        .build(&ring)
+        .unwrap();
+    drop(pool);
+    // Other tests in this binary may leak in parallel: only this pool's bgid matters, so
+    // check it can be registered again (the ring was really unregistered).
+    let again = Pool::builder(42).count(4).buf_len(4096).build(&ring);
+    assert!(again.is_ok(), "bgid 42 still registered: {again:?}");
+}
+
+/// An io_uring with IORING_SETUP_SINGLE_ISSUER (Linux 6.0), or `None` with a message.
+fn single_issuer_ring() -> Option<io_uring::IoUring> {
+    common::uring(8)?;
+    match io_uring::IoUring::builder().setup_single_issuer().build(8) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("SKIPPED: IORING_SETUP_SINGLE_ISSUER refused here ({e})");
+            None
+        }
+    }
 }

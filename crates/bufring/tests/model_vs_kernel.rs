@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use bufring::model::{Cqe, KernelModel, ModelSocket, RecvKind};
 use bufring::{Chunk, Completion, Incremental, Pool, PoolBuilder};
+#[allow(unused_imports)]
+use common::{one, Reap};
 use io_uring::{opcode, types, IoUring};
 
 /// One step of a script. Steps act on the current connection (0 until `On` says otherwise);
@@ -114,13 +116,13 @@ impl Kernel {
             assert!(Instant::now() < deadline, "kernel did not settle: {out:?}");
             for (user_data, res, flags) in cqes {
                 let c = &mut self.conns[user_data as usize];
-                if !bufring::CqeFlags(flags).more() {
+                if !bufring::Cqe::new(0, flags).more() {
                     c.armed = false;
                 }
                 if res > 0 {
                     c.outstanding -= res as usize;
                 }
-                out.push(Cqe { res, flags });
+                out.push(Cqe::new(res, flags));
             }
         }
     }
@@ -265,8 +267,8 @@ fn play(world: &mut dyn World, script: &[Step], raw: bool) -> Vec<Observed> {
         let cqes = world.step(step);
         if !raw {
             for c in &cqes {
-                match world.pool().complete(c.res, c.flags).expect("CQE rejected") {
-                    Completion::Data { chunk, .. } => held.push_back(chunk),
+                match world.pool().reap(c).expect("CQE rejected") {
+                    Completion::Data { chunks, .. } => held.extend(chunks),
                     Completion::NoBuffers | Completion::EndOfStream => {}
                     Completion::Failed(e) => panic!("receive failed: {e}"),
                 }
@@ -302,7 +304,9 @@ fn differential_on(name: &str, builder: PoolBuilder, script: &[Step], pipe: bool
     let Some(mut kernel) = Kernel::with_transport(builder.clone(), pipe, conns) else {
         return;
     };
-    let (pool, ring) = builder.build_detached().unwrap();
+    // The model's pool makes no SQEs: say that bundles come, as the kernel pool's bundle
+    // receives do.
+    let (pool, ring) = builder.bundles(raw).build_detached().unwrap();
     let socket = || {
         if pipe {
             ModelSocket::pipe()

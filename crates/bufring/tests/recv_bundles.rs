@@ -9,7 +9,10 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use bufring::{BadCompletion, BundleCompletion, Error, Feature, Incremental, Pool, MAX_BUNDLE};
+use bufring::Cqe;
+use bufring::{BadCompletion, Completion, Error, Feature, Incremental, Pool};
+#[allow(unused_imports)]
+use common::{one, Reap};
 use recvkit::Conn;
 
 const F_BUFFER: u32 = 1;
@@ -128,7 +131,7 @@ fn cqe_flags(bid: u16, extra: u32) -> u32 {
     F_BUFFER | (u32::from(bid) << 16) | extra
 }
 
-fn bad(r: bufring::Result<BundleCompletion>) -> BadCompletion {
+fn bad(r: bufring::Result<Completion>) -> BadCompletion {
     match r {
         Err(Error::BadCompletion(b)) => b,
         other => panic!("expected a rejection, got {other:?}"),
@@ -151,11 +154,12 @@ fn forged_bundles_are_rejected_without_change() {
     let mut pool = Pool::builder(4)
         .count(4)
         .buf_len(4096)
+        .bundles(true)
         .build(&ring)
         .unwrap();
     let before = snapshot(&pool);
     // Bid 2 with 3 buffers' worth: positions 2, 3 and 4, but only 4 entries are posted.
-    let b = bad(pool.complete_bundle(3 * 4096, cqe_flags(2, 0)));
+    let b = bad(pool.reap(Cqe::new(3 * 4096, cqe_flags(2, 0))));
     assert!(
         matches!(
             b,
@@ -168,17 +172,17 @@ fn forged_bundles_are_rejected_without_change() {
         "{b:?}"
     );
     // F_BUF_MORE on a classic pool.
-    let b = bad(pool.complete_bundle(100, cqe_flags(0, F_BUF_MORE)));
+    let b = bad(pool.reap(Cqe::new(100, cqe_flags(0, F_BUF_MORE))));
     assert!(matches!(b, BadCompletion::BufMoreOnClassicPool { bid: 0 }));
     // Out of range.
-    let b = bad(pool.complete_bundle(100, cqe_flags(9, 0)));
+    let b = bad(pool.reap(Cqe::new(100, cqe_flags(9, 0))));
     assert!(matches!(b, BadCompletion::BidOutOfRange { bid: 9, .. }));
     assert_eq!(snapshot(&pool), before);
     assert_eq!(pool.stats().rejected, 3);
 
     // A real-looking one: bid 0 full, 904 bytes of bid 1.
-    match pool.complete_bundle(5000, cqe_flags(0, 0)).unwrap() {
-        BundleCompletion::Data { chunks, more } => {
+    match pool.reap(Cqe::new(5000, cqe_flags(0, 0))).unwrap() {
+        Completion::Data { chunks, more } => {
             assert!(!more);
             assert_eq!(chunks.buffers(), 2);
             let v: Vec<_> = chunks
@@ -190,7 +194,7 @@ fn forged_bundles_are_rejected_without_change() {
     }
     assert_eq!(pool.shadow_head(), 2);
     // Bid 0 is retired: a bundle naming it again is refused.
-    let b = bad(pool.complete_bundle(10, cqe_flags(0, 0)));
+    let b = bad(pool.reap(Cqe::new(10, cqe_flags(0, 0))));
     assert!(matches!(b, BadCompletion::BidNotHeldByKernel { bid: 0 }));
     // Bid 0 and 1 come back at positions 4 and 5 (order of return: 1 then 0, or 0 then 1).
     pool.publish();
@@ -205,12 +209,12 @@ fn forged_bundles_are_rejected_without_change() {
         [0, 1]
     );
     // Bid 3 (position 3) continued by position 4: fine. Continued past 5: too large.
-    let b = bad(pool.complete_bundle(3 * 4096 + 1, cqe_flags(3, 0)));
+    let b = bad(pool.reap(Cqe::new(3 * 4096 + 1, cqe_flags(3, 0))));
     assert!(matches!(b, BadCompletion::BundleTooLarge { .. }), "{b:?}");
     // Retire bid 3 with a plain completion, then a bundle from bid 2 must stop at position 3.
-    let c = pool.complete(10, cqe_flags(3, 0)).unwrap();
+    let c = pool.reap(Cqe::new(10, cqe_flags(3, 0))).unwrap();
     drop(c);
-    let b = bad(pool.complete_bundle(4097, cqe_flags(2, 0)));
+    let b = bad(pool.reap(Cqe::new(4097, cqe_flags(2, 0))));
     assert!(
         matches!(
             b,
@@ -224,29 +228,51 @@ fn forged_bundles_are_rejected_without_change() {
     );
 }
 
+/// No fixed bundle size: one completion may cover every posted buffer (here 1024, four times
+/// what the kernel maps per pass), walked from the pool's copy of the ring, but not one byte
+/// more than they hold. (No receive is armed: no kernel writes into this pool.)
 #[test]
-fn forged_bundle_over_max_bundle_buffers_is_rejected() {
+fn bundle_may_cover_every_posted_buffer_but_no_more() {
     let ring = require_uring!();
     let mut pool = Pool::builder(5)
         .count(1024)
         .buf_len(16)
+        .bundles(true)
         .build(&ring)
         .unwrap();
     let before = snapshot(&pool);
-    let b = bad(pool.complete_bundle((MAX_BUNDLE as i32 + 1) * 16, cqe_flags(0, 0)));
+    let b = bad(pool.reap(Cqe::new(1024 * 16 + 1, cqe_flags(0, 0))));
     assert!(
-        matches!(b, BadCompletion::BundleTooLarge { space, .. } if space == MAX_BUNDLE as u64 * 16),
+        matches!(b, BadCompletion::BundleTooLarge { space, .. } if space == 1024 * 16),
         "{b:?}"
     );
     assert_eq!(snapshot(&pool), before);
-    // Exactly MAX_BUNDLE is fine.
-    match pool
-        .complete_bundle(MAX_BUNDLE as i32 * 16, cqe_flags(0, 0))
-        .unwrap()
-    {
-        BundleCompletion::Data { chunks, .. } => assert_eq!(chunks.buffers(), MAX_BUNDLE),
+    match pool.reap(Cqe::new(1024 * 16, cqe_flags(0, 0))).unwrap() {
+        Completion::Data { chunks, .. } => {
+            assert_eq!(chunks.buffers(), 1024);
+            let bids: Vec<u16> = chunks.map(|c| c.bid()).collect();
+            assert_eq!(bids, (0..1024).collect::<Vec<u16>>());
+        }
         other => panic!("{other:?}"),
     }
+    assert_eq!(pool.stats().bundle_allocations, 1);
+    assert_eq!(
+        pool.publish(),
+        1024,
+        "every chunk dropped, every buffer posted again"
+    );
+}
+
+/// A pool that made no bundle receive reads every completion as one buffer's: a result longer
+/// than the buffer has left is refused, not spread over the next buffers.
+#[test]
+fn spanning_completion_without_bundles_is_rejected() {
+    let ring = require_uring!();
+    let mut pool = Pool::builder(6).count(4).buf_len(16).build(&ring).unwrap();
+    let before = snapshot(&pool);
+    let b = bad(pool.reap(Cqe::new(17, cqe_flags(0, 0))));
+    assert!(matches!(b, BadCompletion::TooLong { bid: 0, .. }), "{b:?}");
+    assert_eq!(snapshot(&pool), before);
 }
 
 /// A single bundle recv with a lot queued in the socket: the kernel fills 256 buffers, then
@@ -295,8 +321,8 @@ fn kernel_bundle_beyond_256_buffers_is_accepted() {
         );
         common::push(&mut ring, &pool.recv_bundle(rx.as_raw_fd()));
         for (_, res, flags) in common::reap(&mut ring, std::time::Duration::from_secs(5)) {
-            match pool.complete_bundle(res, flags).unwrap() {
-                BundleCompletion::Data { chunks, .. } => {
+            match pool.reap(Cqe::new(res, flags)).unwrap() {
+                Completion::Data { chunks, .. } => {
                     most = most.max(chunks.buffers());
                     for c in chunks {
                         got.extend_from_slice(&c);
@@ -318,6 +344,7 @@ fn forged_incremental_bundle_starts_at_the_cursor() {
         .count(4)
         .buf_len(4096)
         .incremental(Incremental::Kernel)
+        .bundles(true)
         .build(&ring)
     {
         Ok(p) => p,
@@ -325,13 +352,10 @@ fn forged_incremental_bundle_starts_at_the_cursor() {
         Err(e) => panic!("{e}"),
     };
     // 1000 bytes into bid 0, kept.
-    let first = pool.complete(1000, cqe_flags(0, F_BUF_MORE)).unwrap();
+    let first = pool.reap(Cqe::new(1000, cqe_flags(0, F_BUF_MORE))).unwrap();
     // A bundle of 5000 from bid 0: 3096 at offset 1000, then 1904 of bid 1, kept.
-    let chunks = match pool
-        .complete_bundle(5000, cqe_flags(0, F_BUF_MORE))
-        .unwrap()
-    {
-        BundleCompletion::Data { chunks, .. } => chunks,
+    let chunks = match pool.reap(Cqe::new(5000, cqe_flags(0, F_BUF_MORE))).unwrap() {
+        Completion::Data { chunks, .. } => chunks,
         other => panic!("{other:?}"),
     };
     let v: Vec<_> = chunks
@@ -340,7 +364,7 @@ fn forged_incremental_bundle_starts_at_the_cursor() {
     assert_eq!(v, vec![(0, 1000, 3096, true), (1, 0, 1904, false)]);
     assert_eq!(pool.cursor(1), Some(1904));
     // F_BUF_MORE on a bundle that fills its last buffer exactly is impossible.
-    let b = bad(pool.complete_bundle(2192, cqe_flags(1, F_BUF_MORE)));
+    let b = bad(pool.reap(Cqe::new(2192, cqe_flags(1, F_BUF_MORE))));
     assert!(
         matches!(b, BadCompletion::BufMoreWithoutSpace { bid: 1 }),
         "{b:?}"

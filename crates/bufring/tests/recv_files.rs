@@ -8,7 +8,10 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use bufring::Cqe;
 use bufring::{Completion, Error, Incremental, Pool};
+#[allow(unused_imports)]
+use common::{one, Reap};
 use common::{Checker, Pattern};
 
 fn build(
@@ -80,11 +83,12 @@ fn pipe_stream(mode: Incremental, bgid: u16) {
         let mut rearm = false;
         for (_, res, flags) in common::reap(&mut ring, Duration::from_millis(200)) {
             let c = pool
-                .complete(res, flags)
+                .reap(Cqe::new(res, flags))
                 .expect("kernel completion rejected");
             rearm |= c.must_rearm();
             match c {
-                Completion::Data { chunk, .. } => {
+                Completion::Data { chunks, .. } => {
+                    let chunk = one(chunks);
                     check.check(&chunk);
                     partial += usize::from(!chunk.is_last());
                     held.push_back(chunk);
@@ -165,7 +169,7 @@ fn read_once(
     let cqes = common::reap(ring, Duration::from_secs(5));
     assert_eq!(cqes.len(), 1);
     let (_, res, flags) = cqes[0];
-    pool.complete_file_read(res, flags, len)
+    pool.reap(Cqe::new(res, flags))
         .expect("kernel completion rejected")
 }
 
@@ -189,7 +193,8 @@ fn file_reads_land_at_consecutive_offsets_kernel_incremental() {
     // bid 0; the next one gets the 192 bytes left and retires it.
     for (i, off) in [0u64, 3000, 6000, 9000].into_iter().enumerate() {
         let c = read_once(&mut ring, &mut pool, &file, L, off)
-            .into_chunk()
+            .into_chunks()
+            .map(one)
             .unwrap();
         let want = if i < 3 { L as usize } else { 192 };
         assert_eq!((c.bid(), c.offset(), c.len()), (0, off as u32, want));
@@ -199,7 +204,8 @@ fn file_reads_land_at_consecutive_offsets_kernel_incremental() {
     }
     let base1 = {
         let c = read_once(&mut ring, &mut pool, &file, L, 9192)
-            .into_chunk()
+            .into_chunks()
+            .map(one)
             .unwrap();
         assert_eq!((c.bid(), c.offset(), c.len()), (1, 0, 3000));
         let base = c.as_ptr() as u64;
@@ -209,7 +215,8 @@ fn file_reads_land_at_consecutive_offsets_kernel_incremental() {
     assert_eq!(kernel_cursor(&pool, base1), 3000);
     // A short read at the end of the file: 500 bytes, but the kernel takes 3000 of the buffer.
     let c = read_once(&mut ring, &mut pool, &file, L, 19_500)
-        .into_chunk()
+        .into_chunks()
+        .map(one)
         .unwrap();
     assert_eq!(
         (c.bid(), c.offset(), c.len(), c.is_last()),
@@ -228,7 +235,8 @@ fn file_reads_land_at_consecutive_offsets_kernel_incremental() {
     assert_eq!(kernel_cursor(&pool, base1), 7000);
     // The next read lands where the kernel puts it: the 2192 bytes left.
     let c = read_once(&mut ring, &mut pool, &file, L, 0)
-        .into_chunk()
+        .into_chunks()
+        .map(one)
         .unwrap();
     assert_eq!(
         (c.bid(), c.offset(), c.len(), c.is_last()),
@@ -254,7 +262,8 @@ fn file_reads(mode: Incremental, bgid: u16) {
     while off < file.2.len() {
         let len = 1 + sizes.next_u64() as u32 % 5000;
         match read_once(&mut ring, &mut pool, &file, len, off as u64) {
-            Completion::Data { chunk, .. } => {
+            Completion::Data { chunks, .. } => {
+                let chunk = one(chunks);
                 assert!(chunk.len() <= len as usize);
                 assert_eq!(&chunk[..], &file.2[off..off + chunk.len()]);
                 off += chunk.len();
@@ -292,21 +301,27 @@ fn file_reads_emulated() {
     file_reads(Incremental::Emulated, 7);
 }
 
+/// The pool reads a completion the way its SQE builder says: after `read` of a regular file
+/// on a kernel incremental pool, a completion uses up the length asked for. (The SQEs are
+/// built, not submitted: the CQEs are made up, and no kernel writes into the pool.)
 #[test]
 fn forged_file_reads_are_checked_against_the_selected_length() {
     let ring = require_uring!();
     let Some(mut pool) = build(&ring, 8, Incremental::Kernel, 2, 4096) else {
         return;
     };
+    let file = TempFile::new("forged", 100);
     let f = |bid: u32, more: bool| 1 | (bid << 16) | if more { 1 << 4 } else { 0 };
+    let _ = pool.read(file.1.as_raw_fd(), 1000, 0);
     // More bytes than the read asked for.
     assert!(matches!(
-        pool.complete_file_read(1001, f(0, true), 1000),
+        pool.reap(Cqe::new(1001, f(0, true))),
         Err(Error::BadCompletion(bufring::BadCompletion::TooLong { .. }))
     ));
-    // F_BUF_MORE although the selected length is the whole buffer.
+    // F_BUF_MORE although the selected length (0: the whole buffer) uses it up.
+    let _ = pool.read(file.1.as_raw_fd(), 0, 0);
     assert!(matches!(
-        pool.complete_file_read(100, f(0, true), 0),
+        pool.reap(Cqe::new(100, f(0, true))),
         Err(Error::BadCompletion(
             bufring::BadCompletion::BufMoreWithoutSpace { bid: 0 }
         ))
@@ -314,11 +329,51 @@ fn forged_file_reads_are_checked_against_the_selected_length() {
     assert_eq!(pool.cursor(0), Some(0));
     assert_eq!(pool.stats().completions, 0);
     // A short read: 10 bytes, 1000 used.
+    let _ = pool.read(file.1.as_raw_fd(), 1000, 0);
     let c = pool
-        .complete_file_read(10, f(0, true), 1000)
+        .reap(Cqe::new(10, f(0, true)))
         .unwrap()
-        .into_chunk()
+        .into_chunks()
+        .map(one)
         .unwrap();
     assert_eq!((c.offset(), c.len()), (0, 10));
     assert_eq!(pool.cursor(0), Some(1000));
+}
+
+/// A read of a pipe commits the bytes read, not the length asked for: the builder looks at the
+/// file, so the same pool reads pipe completions by their bytes.
+#[test]
+fn pipe_read_is_not_taken_for_a_file_read() {
+    let ring = require_uring!();
+    let Some(mut pool) = build(&ring, 10, Incremental::Kernel, 2, 4096) else {
+        return;
+    };
+    let (rx, _tx) = pipe();
+    let _ = pool.read(rx.as_raw_fd(), 1000, u64::MAX);
+    let f = 1 | (1 << 4);
+    let c = pool.reap(Cqe::new(10, f)).unwrap().into_chunks().map(one);
+    assert_eq!(c.map(|c| c.len()), Some(10));
+    assert_eq!(pool.cursor(0), Some(10));
+}
+
+/// A kernel incremental pool that made both regular-file reads (which use up the length asked
+/// for) and receives (which use up the bytes) cannot tell its completions apart: it refuses
+/// them, typed, rather than guess where the kernel writes next.
+#[test]
+fn file_reads_and_receives_on_one_kernel_incremental_pool_are_refused() {
+    let ring = require_uring!();
+    let Some(mut pool) = build(&ring, 11, Incremental::Kernel, 2, 4096) else {
+        return;
+    };
+    let file = TempFile::new("mixed", 100);
+    let (sock, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let _ = pool.read(file.1.as_raw_fd(), 1000, 0);
+    let _ = pool.recv_multishot(sock.as_raw_fd());
+    let before = pool.stats();
+    assert!(matches!(
+        pool.reap(Cqe::new(10, 1 | (1 << 4))),
+        Err(Error::BadCompletion(bufring::BadCompletion::MixedFileReads))
+    ));
+    assert_eq!(pool.cursor(0), Some(0));
+    assert_eq!(pool.stats().completions, before.completions);
 }

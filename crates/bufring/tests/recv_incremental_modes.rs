@@ -9,7 +9,10 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use bufring::Cqe;
 use bufring::{Completion, Error, Incremental, Pool};
+#[allow(unused_imports)]
+use common::{one, Reap};
 
 fn pool(ring: &io_uring::IoUring, bgid: u16, mode: Incremental, min_left: u32) -> Option<Pool> {
     match Pool::builder(bgid)
@@ -143,8 +146,9 @@ fn emulated_sequence() {
         let mut got = 0;
         while got < size {
             for (_, res, flags) in common::reap(&mut ring, Duration::from_secs(5)) {
-                match pool.complete(res, flags).unwrap() {
-                    Completion::Data { chunk, more } => {
+                match pool.reap(Cqe::new(res, flags)).unwrap() {
+                    Completion::Data { chunks, more } => {
+                        let chunk = one(chunks);
                         assert!(more);
                         assert!(chunk.iter().all(|&b| b == size as u8));
                         got += chunk.len();
@@ -170,7 +174,7 @@ fn emulated_sequence() {
     drop(tx);
     for (_, res, flags) in common::reap(&mut ring, Duration::from_secs(5)) {
         assert!(matches!(
-            pool.complete(res, flags).unwrap(),
+            pool.reap(Cqe::new(res, flags)).unwrap(),
             Completion::EndOfStream
         ));
     }
@@ -188,17 +192,32 @@ fn emulated_min_left_retires_small_rests() {
         .build(&ring)
         .unwrap();
     let f = |bid: u32| 1 | (bid << 16);
-    let a = pool.complete(3000, f(0)).unwrap().into_chunk().unwrap();
+    let a = pool
+        .reap(Cqe::new(3000, f(0)))
+        .unwrap()
+        .into_chunks()
+        .map(one)
+        .unwrap();
     assert!(!a.is_last());
     assert_eq!(pool.cursor(0), Some(3000));
     // The rest is not published yet: the kernel cannot have used it.
-    assert!(pool.complete(96, f(0)).is_err());
+    assert!(pool.reap(Cqe::new(96, f(0))).is_err());
     assert_eq!(pool.publish(), 1);
-    let b = pool.complete(96, f(0)).unwrap().into_chunk().unwrap();
+    let b = pool
+        .reap(Cqe::new(96, f(0)))
+        .unwrap()
+        .into_chunks()
+        .map(one)
+        .unwrap();
     // 1000 bytes left: still posted.
     assert!(!b.is_last());
     assert_eq!(pool.publish(), 1);
-    let c = pool.complete(1, f(0)).unwrap().into_chunk().unwrap();
+    let c = pool
+        .reap(Cqe::new(1, f(0)))
+        .unwrap()
+        .into_chunks()
+        .map(one)
+        .unwrap();
     // 999 left: retired.
     assert!(c.is_last());
     assert_eq!(pool.stats().with_app, 1);

@@ -7,7 +7,10 @@ mod recvkit;
 
 use std::time::Duration;
 
-use bufring::{Backend, BundleCompletion, Incremental, Pool};
+use bufring::Cqe;
+use bufring::{Backend, Completion, Incremental, Pool};
+#[allow(unused_imports)]
+use common::{one, Reap};
 
 fn legacy(ring: &io_uring::IoUring, bgid: u16, mode: Incremental) -> Pool {
     Pool::builder(bgid)
@@ -93,7 +96,7 @@ fn legacy_provide_is_batched() {
     assert_eq!(pool.provide(|_| true), 0);
     // Forged completions retire bids 1, 2 and 5: two runs, two SQEs.
     for bid in [5u32, 1, 2] {
-        drop(pool.complete(10, 1 | (bid << 16)).unwrap());
+        drop(pool.reap(Cqe::new(10, 1 | (bid << 16))).unwrap());
     }
     assert_eq!(pool.publish(), 3);
     assert_eq!(pool.provide(|_| true), 2);
@@ -126,16 +129,16 @@ fn legacy_bundle_api_falls_back_to_plain_receives() {
             if ud != 1 {
                 continue;
             }
-            match pool.complete_bundle(res, flags).unwrap() {
-                BundleCompletion::Data { chunks, .. } => {
+            match pool.reap(Cqe::new(res, flags)).unwrap() {
+                Completion::Data { chunks, .. } => {
                     assert_eq!(chunks.buffers(), 1);
                     for c in chunks {
                         check.check(&c);
                     }
                 }
-                BundleCompletion::EndOfStream => break 'outer,
-                BundleCompletion::NoBuffers => {}
-                BundleCompletion::Failed(e) => panic!("{e}"),
+                Completion::EndOfStream => break 'outer,
+                Completion::NoBuffers => {}
+                Completion::Failed(e) => panic!("{e}"),
             }
             recvkit::publish(&mut ring, &mut pool);
             recvkit::push_ud(&mut ring, pool.recv_bundle(rx.as_raw_fd()), 1);

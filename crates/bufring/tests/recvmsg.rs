@@ -8,10 +8,13 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bufring::Cqe;
 use bufring::{
     BadDatagram, Completion, Datagram, Error, Feature, Incremental, Pool, Probe, RecvMsg,
 };
 use common::Pattern;
+#[allow(unused_imports)]
+use common::{one, Reap};
 use io_uring::IoUring;
 
 fn setsockopt(fd: RawFd, level: i32, name: i32, value: i32) {
@@ -155,8 +158,12 @@ impl Receiver {
                 self.rearms += 1;
             }
             for (_, res, flags) in common::reap(ring, Duration::from_millis(200)) {
-                match pool.complete(res, flags).expect("completion rejected") {
-                    Completion::Data { chunk, more } => {
+                match pool
+                    .reap(Cqe::new(res, flags))
+                    .expect("completion rejected")
+                {
+                    Completion::Data { chunks, more } => {
+                        let chunk = one(chunks);
                         self.armed &= more;
                         on(msg.parse(chunk).expect("kernel layout rejected"));
                         got += 1;
@@ -372,9 +379,10 @@ fn kernel_fails_a_multishot_on_a_small_tail_without_min_left() {
     let deadline = Instant::now() + Duration::from_secs(5);
     while results.len() < 5 && Instant::now() < deadline {
         for (_, res, flags) in common::reap(&mut ring, Duration::from_millis(100)) {
-            let more = flags & bufring::sys::IORING_CQE_F_MORE != 0;
-            match pool.complete(res, flags).unwrap() {
-                Completion::Data { chunk, .. } => {
+            let more = Cqe::new(res, flags).more();
+            match pool.reap(Cqe::new(res, flags)).unwrap() {
+                Completion::Data { chunks, .. } => {
+                    let chunk = one(chunks);
                     let d = msg.parse(chunk).unwrap();
                     assert_eq!(&d.payload()[..], &datagram(results.len() as u32, 207)[..]);
                     results.push(Ok(more));
@@ -429,8 +437,9 @@ fn exhaustion_then_rearm_loses_nothing() {
     while next < total {
         assert!(Instant::now() < deadline, "stuck at datagram {next}");
         for (_, res, flags) in common::reap(&mut ring, Duration::from_millis(200)) {
-            match pool.complete(res, flags).unwrap() {
-                Completion::Data { chunk, more } => {
+            match pool.reap(Cqe::new(res, flags)).unwrap() {
+                Completion::Data { chunks, more } => {
+                    let chunk = one(chunks);
                     let d = msg.parse(chunk).unwrap();
                     check(&d, next, 1000, from);
                     next += 1;
@@ -469,7 +478,12 @@ fn truncated_payload_and_control_are_visible() {
     assert_eq!(cqes.len(), 1);
     let (_, res, flags) = cqes[0];
     assert_eq!(res as u32, pool.buf_len(), "the buffer should be full");
-    let chunk = pool.complete(res, flags).unwrap().into_chunk().unwrap();
+    let chunk = pool
+        .reap(Cqe::new(res, flags))
+        .unwrap()
+        .into_chunks()
+        .map(one)
+        .unwrap();
     let d = msg.parse(chunk).unwrap();
     assert!(d.is_truncated());
     assert_eq!(
@@ -502,7 +516,12 @@ fn truncated_payload_and_control_are_visible() {
     let cqes = common::reap(&mut ring, Duration::from_secs(5));
     assert_eq!(cqes.len(), 1);
     let (_, res, flags) = cqes[0];
-    let chunk = pool.complete(res, flags).unwrap().into_chunk().unwrap();
+    let chunk = pool
+        .reap(Cqe::new(res, flags))
+        .unwrap()
+        .into_chunks()
+        .map(one)
+        .unwrap();
     let d = plain.parse(chunk).unwrap();
     assert_eq!(d.payload().len(), 256 - 48);
     assert_eq!(d.payload_len(), 256 - 48, "payloadlen without MSG_TRUNC");
@@ -532,7 +551,8 @@ fn ipv6_sources_and_packet_info() {
     let deadline = Instant::now() + Duration::from_secs(5);
     while got.is_none() && Instant::now() < deadline {
         for (_, res, flags) in common::reap(&mut ring, Duration::from_millis(100)) {
-            if let Completion::Data { chunk, .. } = pool.complete(res, flags).unwrap() {
+            if let Completion::Data { chunks, .. } = pool.reap(Cqe::new(res, flags)).unwrap() {
+                let chunk = one(chunks);
                 got = Some(small.parse(chunk).unwrap());
             }
         }
@@ -605,7 +625,12 @@ fn forged_buffers_are_typed_errors() {
         common::push(&mut ring, &pool.read(pr, 0, u64::MAX));
         let cqes = common::reap(&mut ring, Duration::from_secs(5));
         let (_, res, flags) = cqes[0];
-        let chunk = pool.complete(res, flags).unwrap().into_chunk().unwrap();
+        let chunk = pool
+            .reap(Cqe::new(res, flags))
+            .unwrap()
+            .into_chunks()
+            .map(one)
+            .unwrap();
         assert_eq!(&chunk[..], &bytes[..]);
         match msg.parse(chunk) {
             Err(Error::BadDatagram(e)) => assert!(expected(&e), "wrong error {e:?}"),
@@ -644,8 +669,9 @@ fn registered_file_targets_work_too() {
     let deadline = Instant::now() + Duration::from_secs(5);
     while next < 8 && Instant::now() < deadline {
         for (_, res, flags) in common::reap(&mut ring, Duration::from_millis(100)) {
-            match pool.complete(res, flags).unwrap() {
-                Completion::Data { chunk, .. } => {
+            match pool.reap(Cqe::new(res, flags)).unwrap() {
+                Completion::Data { chunks, .. } => {
+                    let chunk = one(chunks);
                     check(&msg.parse(chunk).unwrap(), next, 1400, from);
                     next += 1;
                 }

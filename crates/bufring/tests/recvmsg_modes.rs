@@ -6,8 +6,11 @@ use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use bufring::Cqe;
 use bufring::{Backend, Completion, Error, Incremental, Pool, RecvMsg};
 use common::Pattern;
+#[allow(unused_imports)]
+use common::{one, Reap};
 
 const PROVIDE: u64 = 0xfeed;
 
@@ -65,8 +68,9 @@ fn run(incremental: Incremental, backend: Backend, min_left: bool) -> (u64, f64,
                     assert!(res >= 0, "provide failed: {res}");
                     continue;
                 }
-                match pool.complete(res, flags).unwrap() {
-                    Completion::Data { chunk, more } => {
+                match pool.reap(Cqe::new(res, flags)).unwrap() {
+                    Completion::Data { chunks, more } => {
+                        let chunk = one(chunks);
                         armed &= more;
                         let d = msg.parse(chunk).unwrap();
                         assert!(!d.is_truncated());

@@ -7,7 +7,10 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use bufring::Cqe;
 use bufring::{Incremental, Pool, RecvStream};
+#[allow(unused_imports)]
+use common::{one, Reap};
 use common::{Checker, Pattern};
 
 /// Receives `total` pattern bytes, written in pieces of up to `max_write` bytes, into a
@@ -53,7 +56,9 @@ fn hold_everything(mode: Incremental) -> Option<(RecvStream, u64)> {
                 stream.len()
             );
             for (_, res, flags) in common::reap(&mut ring, Duration::from_millis(100)) {
-                let c = pool.complete(res, flags).expect("completion rejected");
+                let c = pool
+                    .reap(Cqe::new(res, flags))
+                    .expect("completion rejected");
                 assert!(c.more(), "multishot ended: {c:?}");
                 assert!(stream.push_completion(c).is_none());
             }

@@ -595,9 +595,11 @@ fn pool_receive(
             wait(&mut ring)?;
             for cqe in ring.completion() {
                 let i = cqe.user_data() as usize;
-                match pool.complete(cqe.result(), cqe.flags())? {
-                    Completion::Data { chunk, more } => {
-                        got += chunk.len() as u64;
+                // SAFETY: every request on this ring is a receive from this pool; each CQE is
+                // handed over once.
+                match unsafe { pool.complete(&cqe)? } {
+                    Completion::Data { chunks, more } => {
+                        got += chunks.total_len() as u64;
                         if !more {
                             rearm.push(i);
                         }
@@ -627,7 +629,8 @@ fn pool_receive(
         let pool = &mut pool;
         cancel_all(&mut ring, fds.len() - starved.len(), |res, flags, _| {
             // Whatever still arrives is accounted for; the request ends without F_MORE.
-            let _ = pool.complete(res, flags);
+            // SAFETY: as above (the cancel's own CQE is not handed over).
+            let _ = unsafe { pool.complete(bufring::Cqe::new(res, flags)) };
             flags & 2 == 0
         })
     })();

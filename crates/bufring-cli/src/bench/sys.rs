@@ -161,6 +161,8 @@ pub fn machine() -> String {
     format!(
         "{} CPUs ({cpu}), Linux {}",
         cpus(),
-        bufring::kernel_release()
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|r| r.trim().to_string())
+            .unwrap_or_else(|_| "(unknown release)".into())
     )
 }

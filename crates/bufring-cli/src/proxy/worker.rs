@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bufring::{Bundle, BundleCompletion, Chunk, Completion, CqeFlags, Pool, MAX_BUNDLE};
+use bufring::{Completion, Cqe, Pool};
 use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{opcode, squeue, IoUring};
 
@@ -42,56 +42,6 @@ fn cap_multishot(e: squeue::Entry, total: u32) -> squeue::Entry {
     raw[44..48].copy_from_slice(&total.to_ne_bytes());
     // SAFETY: as above, any 64 bytes are a valid SQE value.
     unsafe { std::mem::transmute(raw) }
-}
-
-/// The chunks one receive completion brought: one, or a bundle of several in order.
-// The bundle (4 KiB) stays inline: boxing it would allocate per completion.
-#[allow(clippy::large_enum_variant)]
-enum Pieces {
-    One(Option<Chunk>),
-    Many(Bundle),
-}
-
-impl Iterator for Pieces {
-    type Item = Chunk;
-    fn next(&mut self) -> Option<Chunk> {
-        match self {
-            Pieces::One(c) => c.take(),
-            Pieces::Many(b) => b.next(),
-        }
-    }
-}
-
-/// A receive completion, plain or bundle, as the forwarding code sees it.
-// Inline for the same reason as `Pieces`.
-#[allow(clippy::large_enum_variant)]
-enum Received {
-    Data(Pieces),
-    EndOfStream,
-    NoBuffers,
-    Failed(io::Error),
-}
-
-impl From<Completion> for Received {
-    fn from(c: Completion) -> Self {
-        match c {
-            Completion::Data { chunk, .. } => Received::Data(Pieces::One(Some(chunk))),
-            Completion::EndOfStream => Received::EndOfStream,
-            Completion::NoBuffers => Received::NoBuffers,
-            Completion::Failed(e) => Received::Failed(e),
-        }
-    }
-}
-
-impl From<BundleCompletion> for Received {
-    fn from(c: BundleCompletion) -> Self {
-        match c {
-            BundleCompletion::Data { chunks, .. } => Received::Data(Pieces::Many(chunks)),
-            BundleCompletion::EndOfStream => Received::EndOfStream,
-            BundleCompletion::NoBuffers => Received::NoBuffers,
-            BundleCompletion::Failed(e) => Received::Failed(e),
-        }
-    }
 }
 
 fn ud(kind: u64, idx: u32, gen: u16) -> u64 {
@@ -148,8 +98,6 @@ pub struct Worker {
     mshot_cap: bool,
     /// Multishot bundle receives instead of plain multishot receives.
     bundles: bool,
-    /// Bytes per buffer.
-    buf_len: usize,
     drain_timeout: Duration,
     draining: Option<Instant>,
     forced: bool,
@@ -196,7 +144,6 @@ impl Worker {
             max_chunks,
             mshot_cap: cfg.multishot_cap,
             bundles: cfg.bundles,
-            buf_len: cfg.buf_size as usize,
             drain_timeout: cfg.drain_timeout,
             draining: None,
             forced: false,
@@ -431,7 +378,7 @@ impl Worker {
     }
 
     fn on_accept(&mut self, res: i32, flags: u32) {
-        let more = CqeFlags(flags).more();
+        let more = Cqe::new(res, flags).more();
         if !more {
             self.accept_armed = false;
         }
@@ -607,12 +554,9 @@ impl Worker {
         let e = if conn.dirs[d].throttled {
             self.pool.recv(conn.src(d))
         } else if self.mshot_cap && self.bundles {
-            // The cap bounds bundles too (on 6.18 no bundle completion goes past it), and it
-            // keeps every bundle within what one completion may cover (MAX_BUNDLE buffers, one
-            // of them possibly started).
-            let most = (MAX_BUNDLE - 1) * self.buf_len;
+            // The cap bounds bundles too (on 6.18 no bundle completion goes past it).
             let e = self.pool.recv_multishot_bundle(conn.src(d));
-            cap_multishot(e, room.min(most) as u32)
+            cap_multishot(e, room as u32)
         } else if self.mshot_cap {
             cap_multishot(self.pool.recv_multishot(conn.src(d)), room as u32)
         } else {
@@ -643,14 +587,10 @@ impl Worker {
     }
 
     fn on_recv(&mut self, idx: u32, d: usize, res: i32, flags: u32) {
-        let more = CqeFlags(flags).more();
-        // A bundle CQE may cover several buffers; the plain receives of the throttled path are
-        // bundles of one to `complete_bundle`.
-        let completion = if self.bundles {
-            self.pool.complete_bundle(res, flags).map(Received::from)
-        } else {
-            self.pool.complete(res, flags).map(Received::from)
-        };
+        let more = Cqe::new(res, flags).more();
+        // SAFETY: every receive on this ring selects from this worker's pool, and `on_recv`
+        // gets each receive CQE once (routed by user_data).
+        let completion = unsafe { self.pool.complete(Cqe::new(res, flags)) };
         let (max_unsent, max_chunks, mshot_cap) =
             (self.max_unsent, self.max_chunks, self.mshot_cap);
         let conn = self.conn(idx);
@@ -672,7 +612,7 @@ impl Worker {
                 eprintln!("bufring proxy: completion rejected, closing the connection: {e}");
                 self.teardown(idx, true);
             }
-            Ok(Received::Data(chunks)) => {
+            Ok(Completion::Data { chunks, .. }) => {
                 // Every chunk of a bundle is queued in order and goes out with the others.
                 let (mut n, mut pieces) = (0, 0u64);
                 for chunk in chunks {
@@ -723,17 +663,17 @@ impl Worker {
                     self.resume_recv(idx, d);
                 }
             }
-            Ok(Received::EndOfStream) => {
+            Ok(Completion::EndOfStream) => {
                 dir.eof = true;
                 if dir.queue.is_empty() && !dir.sending {
                     self.shut(idx, d);
                 }
             }
-            Ok(Received::NoBuffers) => {
+            Ok(Completion::NoBuffers) => {
                 dir.recv = Recv::Waiting;
                 self.waiting.push_back((idx, gen, d));
             }
-            Ok(Received::Failed(e)) => {
+            Ok(Completion::Failed(e)) => {
                 if e.raw_os_error() == Some(libc::EINVAL) && self.mshot_cap {
                     // This kernel has no multishot byte cap: cancel-based backpressure instead.
                     self.mshot_cap = false;

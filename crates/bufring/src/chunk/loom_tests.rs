@@ -21,7 +21,9 @@ fn shared(count: u32) -> Arc<Shared> {
 /// kernel's reference.
 fn retired(shared: &Arc<Shared>, bid: u16, off: u32, len: u32) -> Chunk {
     shared.hold(bid);
-    Chunk::new(shared, bid, off, len, true)
+    // SAFETY: the range lies in buffer `bid`, which nothing writes; the kernel's reference
+    // just taken goes to the chunk.
+    unsafe { Chunk::new(Shared::ptr(shared), bid, off, len, true) }
 }
 
 /// Two pieces of one buffer dropped on two threads while the owner drains: the buffer comes
@@ -142,7 +144,8 @@ fn loom_close_with_kernel_reference() {
         let s = pool_shared(1);
         s.hold(0);
         s.acquire(0);
-        let c = Chunk::new(&s, 0, 0, 4, false);
+        // SAFETY: as in `retired`, with a reference of the chunk's own.
+        let c = unsafe { Chunk::new(Shared::ptr(&s), 0, 0, 4, false) };
         let t1 = thread::spawn(move || drop(c));
         let ptr = Arc::as_ptr(&s);
         // SAFETY: as in `Pool::drop`: stack counts are ours, the kernel's reference is ours to

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Backend, Incremental, Mode, Pool, PoolBuilder, Source};
+use super::{Backend, Feed, Incremental, Pool, PoolBuilder};
 use crate::error::{Error, Result};
 use crate::mem::Mmap;
 use crate::model::ModelRing;
@@ -29,15 +29,16 @@ impl PoolBuilder {
             ));
         }
         let mode = match self.incremental {
-            Incremental::Off => Mode::Classic,
-            Incremental::Emulated => Mode::Emulated,
-            _ => Mode::Kernel,
+            Incremental::Auto => Incremental::Kernel,
+            m => m,
         };
         let region = Mmap::anonymous(self.count * self.buf_len, self.huge_pages)?;
-        let (ring, view) = self.ring_builder(mode == Mode::Kernel).detached(start)?;
+        let (ring, view) = self
+            .ring_builder(mode == Incremental::Kernel)
+            .detached(start)?;
         let (entries, incremental, min_left) =
             (ring.entries(), ring.is_incremental(), ring.min_left());
-        let pool = self.build_on(region, Source::Ring(ring), mode);
+        let pool = self.build_on(region, Feed::Ring(ring), mode);
         let model = ModelRing::new(
             view,
             entries,

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use super::{BufRing, BufRingBuilder};
 use crate::error::{Error, Result};
 use crate::mem::{page_size, Mmap};
-use crate::sys::IoUringBuf;
+use io_uring::types::BufRingEntry;
 
 impl BufRingBuilder {
     /// Builds the ring on fresh shared memory instead of registering it, with the tail set to
@@ -15,7 +15,7 @@ impl BufRingBuilder {
     /// mapping of the same memory for the model.
     pub(crate) fn detached(self, start: u16) -> Result<(BufRing, Mmap)> {
         self.validate()?;
-        let len = (self.entries as usize * std::mem::size_of::<IoUringBuf>())
+        let len = (self.entries as usize * std::mem::size_of::<BufRingEntry>())
             .next_multiple_of(page_size());
         // SAFETY: memfd_create reads a NUL-terminated name and returns a new descriptor or -1.
         let raw = unsafe { libc::memfd_create(c"bufring-model-ring".as_ptr(), libc::MFD_CLOEXEC) };
@@ -37,11 +37,13 @@ impl BufRingBuilder {
         let map = |what| Mmap::ring_fd(fd.as_raw_fd(), len, 0).map_err(|e| Error::kernel(what, e));
         let mem = map("mmap of a detached ring")?;
         let view = map("second mmap of a detached ring")?;
-        // The memfd stands in for the io_uring fd: the unregister in `Drop` fails on it
-        // (EOPNOTSUPP) and is ignored, as any unregister error is.
+        // The memfd stands in for the io_uring fd; nothing is registered, so nothing is
+        // unregistered on drop.
         let ring = BufRing {
             fd,
-            mem,
+            mem: std::mem::ManuallyDrop::new(mem),
+            registered: false,
+            abandoned: false,
             entries: self.entries,
             mask: (self.entries - 1) as u16,
             tail: start,

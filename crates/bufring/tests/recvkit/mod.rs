@@ -8,7 +8,10 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use bufring::{Backend, BundleCompletion, Chunk, Pool};
+#[allow(unused_imports)]
+use crate::common::{one, Reap};
+use bufring::Cqe;
+use bufring::{Backend, Chunk, Completion, Pool};
 use io_uring::{squeue, IoUring};
 
 use crate::common::{self, Checker, Pattern};
@@ -105,19 +108,16 @@ pub fn receive_all(
             }
             let i = ud as usize;
             let c = &mut conns[i];
-            let comp = if bundle {
-                pool.complete_bundle(res, flags)
-            } else {
-                pool.complete(res, flags).map(BundleCompletion::from)
-            }
-            .expect("kernel completion rejected");
+            let comp = pool
+                .reap(Cqe::new(res, flags))
+                .expect("kernel completion rejected");
             seen.completions += 1;
             if comp.must_rearm() {
                 rearm.push(i);
                 seen.rearms += 1;
             }
             match comp {
-                BundleCompletion::Data { chunks, .. } => {
+                Completion::Data { chunks, .. } => {
                     if chunks.buffers() > 1 {
                         seen.multi_buffer_bundles += 1;
                     }
@@ -129,15 +129,15 @@ pub fn receive_all(
                         c.held.push_back(chunk);
                     }
                 }
-                BundleCompletion::EndOfStream => c.done = true,
-                BundleCompletion::NoBuffers => {
+                Completion::EndOfStream => c.done = true,
+                Completion::NoBuffers => {
                     seen.enobufs += 1;
                     // Everything held goes back: the ring must refill.
                     for c in conns.iter_mut() {
                         c.held.clear();
                     }
                 }
-                BundleCompletion::Failed(e) => panic!("receive failed: {e}"),
+                Completion::Failed(e) => panic!("receive failed: {e}"),
             }
         }
         for c in conns.iter_mut() {

@@ -5,7 +5,33 @@
 
 use io_uring::{opcode, squeue};
 
-use crate::pool::{Pool, Source};
+use super::{Feed, Pool};
+
+/// Legacy provided buffers: what waits to be handed to the user as PROVIDE_BUFFERS SQEs.
+pub(crate) struct Legacy {
+    pub(crate) bgid: u16,
+    /// Bids posted but not yet handed out as SQEs (capacity `count`, never reallocated).
+    pub(crate) staged: Vec<u16>,
+    /// Entries the kernel may hold: handed out as SQEs and not yet seen in a completion.
+    pub(crate) provided: u32,
+    /// Position of the next buffer handed out: the kernel's list is first in, first out, so
+    /// positions give its order, as ring positions do.
+    pub(crate) tail: u16,
+    /// `positions - 1`.
+    pub(crate) mask: u16,
+}
+
+impl Legacy {
+    pub(crate) fn new(bgid: u16, count: usize) -> Self {
+        Legacy {
+            bgid,
+            staged: Vec::with_capacity(count),
+            provided: 0,
+            tail: 0,
+            mask: (count.next_power_of_two() - 1) as u16,
+        }
+    }
+}
 
 impl Pool {
     /// Legacy pools: hands the buffers waiting for the kernel (after [`build`] and after each
@@ -24,7 +50,7 @@ impl Pool {
     ///
     /// [`build`]: crate::PoolBuilder::build
     pub fn provide(&mut self, mut push: impl FnMut(squeue::Entry) -> bool) -> u32 {
-        let Source::Legacy(l) = &mut self.source else {
+        let Feed::Legacy(l) = &mut self.feed else {
             return 0;
         };
         let staged = &mut l.staged;
@@ -38,13 +64,13 @@ impl Pool {
         let mut done = 0;
         while done < staged.len() {
             let bid = staged[done];
-            let offset = self.cursor[bid as usize];
+            let offset = self.ledger.cursor(bid);
             let mut run = 1;
             if offset == 0 {
                 while done + run < staged.len()
                     && run < u16::MAX as usize
                     && staged[done + run] == bid.wrapping_add(run as u16)
-                    && self.cursor[staged[done + run] as usize] == 0
+                    && self.ledger.cursor(staged[done + run]) == 0
                 {
                     run += 1;
                 }
@@ -64,8 +90,7 @@ impl Pool {
             sqes += 1;
             for k in 0..run {
                 let b = staged[done + k];
-                self.slot_pos[b as usize] = l.tail;
-                self.slots[(l.tail & l.mask) as usize] = b;
+                self.ledger.place(b, l.tail);
                 l.tail = l.tail.wrapping_add(1);
             }
             done += run;
@@ -80,8 +105,8 @@ impl Pool {
     /// the pool any more, then report its result to
     /// [`buffers_removed`](Self::buffers_removed); the pool can then free its memory on drop.
     pub fn remove_buffers(&self) -> Option<squeue::Entry> {
-        match &self.source {
-            Source::Legacy(l) if l.provided > 0 => Some(
+        match &self.feed {
+            Feed::Legacy(l) if l.provided > 0 => Some(
                 opcode::RemoveBuffers::new(l.provided.min(u16::MAX as u32) as u16, l.bgid).build(),
             ),
             _ => None,
@@ -91,7 +116,7 @@ impl Pool {
     /// Legacy pools: the result of the [`remove_buffers`](Self::remove_buffers) SQE (how many
     /// buffers the kernel gave up, or an error).
     pub fn buffers_removed(&mut self, result: i32) {
-        if let Source::Legacy(l) = &mut self.source {
+        if let Feed::Legacy(l) = &mut self.feed {
             if result > 0 {
                 l.provided = l.provided.saturating_sub(result as u32);
             }
