@@ -7,7 +7,7 @@
 //! fixes, not these features). A vendor kernel that backports features (RHEL and friends)
 //! can legitimately differ: set BUFRING_NO_KERNEL_EXPECTATIONS=1 there to skip this file.
 //!
-//! This file uses the completion API in one place only, [`take`].
+//! This file hands CQEs to a pool in one place only, [`take`].
 
 mod common;
 
@@ -15,7 +15,8 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use bufring::{BufRing, Completion, Error, Feature, Incremental, Pool, Probe};
+use bufring::{BufRing, Completion, Cqe, Error, Feature, Incremental, Pool, Probe};
+use common::Reap;
 use io_uring::{cqueue, opcode, types, IoUring};
 
 /// The running kernel's (major, minor), from `uname -r`.
@@ -96,20 +97,26 @@ enum Got {
     Failed(i32),
 }
 
-/// The one place this file hands a CQE to the pool (adapt it when the completion API changes).
+/// The one place this file hands a CQE to the pool (through `common::Reap`, whose SAFETY
+/// comment covers this file too: only CQEs reaped from the pool's own io_uring, each once).
 /// The chunk is copied out and dropped, so its buffer can go back at the next publish.
 fn take(pool: &mut Pool, res: i32, flags: u32) -> Got {
     match pool
-        .complete(res, flags)
+        .reap(Cqe::new(res, flags))
         .expect("kernel completion rejected")
     {
-        Completion::Data { chunk, more } => Got::Data(
-            chunk.to_vec(),
-            chunk.bid(),
-            chunk.offset(),
-            chunk.is_last(),
-            more,
-        ),
+        Completion::Data { chunks, more } => {
+            let chunk = chunks
+                .into_single()
+                .unwrap_or_else(|_| panic!("a plain receive filled several buffers"));
+            Got::Data(
+                chunk.to_vec(),
+                chunk.bid(),
+                chunk.offset(),
+                chunk.is_last(),
+                more,
+            )
+        }
         Completion::EndOfStream => Got::EndOfStream,
         Completion::NoBuffers => Got::NoBuffers,
         Completion::Failed(e) => Got::Failed(e.raw_os_error().unwrap_or(0)),
@@ -433,12 +440,8 @@ fn multishot_bundle_on_the_last_posted_entry() {
         // SAFETY: `mem` is leaked, so valid whatever the kernel does; the ring is empty.
         unsafe { br.add(base + u64::from(bid) * u64::from(LEN), LEN, bid, bid) };
     }
-    // `advance` is becoming `unsafe`; this compiles either way.
-    #[allow(unused_unsafe)]
     // SAFETY: the three entries above were written.
-    unsafe {
-        br.advance(3)
-    };
+    unsafe { br.advance(3) };
     let (rx, mut tx) = common::tcp_pair();
     let sqe = opcode::RecvMultiBundle::new(types::Fd(rx.as_raw_fd()), 32)
         .build()
