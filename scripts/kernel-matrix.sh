@@ -4,7 +4,10 @@
 #
 #   scripts/kernel-matrix.sh            everything (CI runs this)
 #   KMATRIX_HOST=0 ...                  without the host column
-#   KMATRIX_KERNELS="pkg ..." ...       other kernel packages than the pinned ones
+#   KMATRIX_KERNELS="pkg ..." ...       other kernel packages than the pinned ones; SUITE:pkg
+#                                       for another Debian suite, e.g. Debian 11's 5.10 (no
+#                                       buffer rings, not in CI: docs/kernels.md):
+#                                       bullseye:linux-image-5.10.0-46-cloud-amd64
 #   ACCEL=kvm|tcg ...                   force an accelerator (default: kvm if it boots a stock
 #                                       kernel here, else tcg)
 #
@@ -49,7 +52,7 @@ apt_updated=0
 apt_update() {
     [ "$apt_updated" = 1 ] && return 0
     apt_updated=1
-    timeout 300 apt-get update -qq >/dev/null 2>&1 || echo "warning: apt-get update failed"
+    timeout 300 apt-get update -qq >/dev/null 2>&1 || echo "warning: apt-get update failed" >&2
 }
 apt_install() {
     [ "$(id -u)" = 0 ] || die "need $* (Debian packages) and not root to install them"
@@ -63,15 +66,42 @@ for t in gcc python3 dpkg-deb apt-get cargo; do
 done
 
 # --- kernels -----------------------------------------------------------------------------
-# Prints the vmlinuz of package $1, downloading and unpacking it into the cache if needed.
+# A kernel is "PACKAGE" (from the host's apt sources: Debian 12 here) or "SUITE:PACKAGE" (another
+# Debian suite, e.g. bullseye:linux-image-5.10.0-46-cloud-amd64, read through a private source
+# list under the cache so the host's apt configuration is not touched).
+CACHE_ABS=$(cd "$CACHE" && pwd)
+# apt_opts SUITE: the apt-get/apt-cache options for that suite ("" for the host's sources).
+apt_opts() {
+    [ -z "$1" ] && return 0
+    local a=$CACHE_ABS/apt-$1 key=/usr/share/keyrings/debian-archive-keyring.gpg
+    if [ ! -f "$a/sources.list" ]; then
+        mkdir -p "$a/lists/partial" "$a/cache/archives/partial"
+        printf 'deb [signed-by=%s] http://deb.debian.org/debian %s main\n' "$key" "$1" >"$a/sources.list"
+        printf 'deb [signed-by=%s] http://deb.debian.org/debian-security %s-security main\n' "$key" "$1" >>"$a/sources.list"
+    fi
+    echo "-o Dir::Etc::SourceList=$a/sources.list -o Dir::Etc::SourceParts=/nonexistent" \
+        "-o Dir::State::Lists=$a/lists -o Dir::Cache=$a/cache -o Dir::State::status=/var/lib/dpkg/status"
+}
+declare -A suite_updated=()
+suite_update() {
+    if [ -z "$1" ]; then apt_update; return 0; fi
+    [ -n "${suite_updated[$1]:-}" ] && return 0
+    suite_updated[$1]=1
+    # shellcheck disable=SC2046
+    timeout 300 apt-get $(apt_opts "$1") update -qq >/dev/null 2>&1 || echo "warning: apt-get update ($1) failed" >&2
+}
+# fetch_kernel SUITE PACKAGE: prints its vmlinuz, downloading and unpacking it into the cache
+# if needed (only vmlinuz and the config are kept, never installed).
 fetch_kernel() {
-    local pkg=$1 dir deb
+    local suite=$1 pkg=$2 dir deb
     dir=$CACHE/x/$pkg
     if ! ls "$dir"/boot/vmlinuz-* >/dev/null 2>&1; then
         rm -f "$CACHE"/"$pkg"_*.deb
-        if ! (cd "$CACHE" && timeout 300 apt-get download -qq "$pkg" >/dev/null 2>&1); then
-            apt_update
-            (cd "$CACHE" && timeout 300 apt-get download -qq "$pkg" >/dev/null 2>&1) || return 1
+        # shellcheck disable=SC2046
+        if ! (cd "$CACHE" && timeout 300 apt-get $(apt_opts "$suite") download -qq "$pkg" >/dev/null 2>&1); then
+            suite_update "$suite"
+            # shellcheck disable=SC2046
+            (cd "$CACHE" && timeout 300 apt-get $(apt_opts "$suite") download -qq "$pkg" >/dev/null 2>&1) || return 1
         fi
         deb=$(ls "$CACHE"/"$pkg"_*.deb | head -1)
         mkdir -p "$dir"
@@ -80,27 +110,31 @@ fetch_kernel() {
     fi
     ls "$dir"/boot/vmlinuz-* | head -1
 }
-# The newest package of the same series as $1 (6.1.0-N or 6.12.N+deb12), if the pin is gone.
+# newest_like SUITE PACKAGE: the newest package of the same series, if the pin is gone.
 newest_like() {
     local re
-    case $1 in
+    case $2 in
+        linux-image-5.10.0-*-cloud-amd64) re='^linux-image-5\.10\.0-[0-9]+-cloud-amd64$' ;;
         linux-image-6.1.0-*-cloud-amd64) re='^linux-image-6\.1\.0-[0-9]+-cloud-amd64$' ;;
         linux-image-6.12.*+deb12-cloud-amd64) re='^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64$' ;;
         *) return 1 ;;
     esac
-    apt_update
-    apt-cache search --names-only 'linux-image-.*cloud-amd64' | awk '{print $1}' | grep -E "$re" \
-        | sort -V | tail -1
+    suite_update "$1"
+    # shellcheck disable=SC2046
+    apt-cache $(apt_opts "$1") search --names-only 'linux-image-.*cloud-amd64' | awk '{print $1}' \
+        | grep -E "$re" | sort -V | tail -1
 }
 say "kernels: ${KERNELS[*]}"
 VMLINUZ=() RELEASES=()
-for pkg in "${KERNELS[@]}"; do
-    if ! vz=$(fetch_kernel "$pkg"); then
-        alt=$(newest_like "$pkg" || true)
-        [ -n "$alt" ] || die "kernel package $pkg cannot be downloaded and has no newer sibling"
+for spec in "${KERNELS[@]}"; do
+    suite='' pkg=$spec
+    case $spec in *:*) suite=${spec%%:*} pkg=${spec#*:} ;; esac
+    if ! vz=$(fetch_kernel "$suite" "$pkg"); then
+        alt=$(newest_like "$suite" "$pkg" || true)
+        [ -n "$alt" ] || die "kernel package $spec cannot be downloaded and has no newer sibling"
         echo "WARNING: pinned kernel $pkg is gone from the mirror; using $alt (update the pin in $0)"
         pkg=$alt
-        vz=$(fetch_kernel "$pkg") || die "cannot download $pkg"
+        vz=$(fetch_kernel "$suite" "$pkg") || die "cannot download $pkg"
     fi
     VMLINUZ+=("$vz")
     RELEASES+=("${pkg#linux-image-}")
