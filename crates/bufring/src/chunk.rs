@@ -18,7 +18,7 @@ use crate::mem::Mmap;
 
 mod chunks;
 pub use chunks::Chunks;
-pub(crate) use chunks::{Piece, Pieces};
+pub(crate) use chunks::Piece;
 
 const NIL: u32 = u32::MAX;
 /// On the return stack once the pool is gone: a releaser then frees the buffer itself.
@@ -296,6 +296,7 @@ impl Chunk {
     }
 
     /// Splits off `[0, at)` as a new chunk and keeps `[at, len)`. Panics if `at > len`.
+    #[must_use = "consider Chunk::advance if you don't need the other half"]
     pub fn split_to(&mut self, at: usize) -> Chunk {
         assert!(
             at <= self.len(),
@@ -316,6 +317,7 @@ impl Chunk {
     }
 
     /// Splits off `[at, len)` as a new chunk and keeps `[0, at)`. Panics if `at > len`.
+    #[must_use = "consider Chunk::truncate if you don't need the other half"]
     pub fn split_off(&mut self, at: usize) -> Chunk {
         assert!(
             at <= self.len(),

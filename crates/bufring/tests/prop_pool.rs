@@ -55,7 +55,7 @@ struct Config {
     conns: usize,
     /// Single-shot receives instead of multishot ones.
     single: bool,
-    /// Multishot bundle receives (completed with `complete_bundle`).
+    /// Multishot bundle receives (completions that may span buffers).
     bundle: bool,
     /// Incremental consumption emulated by the pool on a classic ring (when not `incremental`).
     emulated: bool,

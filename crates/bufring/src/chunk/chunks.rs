@@ -14,72 +14,31 @@ pub(crate) struct Piece {
     pub(crate) offset: u32,
 }
 
-/// Pieces a completion can carry without allocating: a plain receive has one, most bundles a
-/// few. Longer bundles (each piece a whole buffer of data) take one allocation.
-const INLINE: usize = 4;
-
-/// The pieces of one completion, in order.
-#[derive(Clone)]
-pub(crate) enum Pieces {
-    Inline { n: u8, at: [Piece; INLINE] },
-    Heap(Vec<Piece>),
-}
-
-impl Pieces {
-    #[inline]
-    pub(crate) fn one(p: Piece) -> Self {
-        let mut at = [Piece::default(); INLINE];
-        at[0] = p;
-        Pieces::Inline { n: 1, at }
-    }
-
-    #[inline]
-    pub(crate) fn push(&mut self, p: Piece) {
-        match self {
-            Pieces::Inline { n, at } if (*n as usize) < INLINE => {
-                at[*n as usize] = p;
-                *n += 1;
-            }
-            Pieces::Inline { at, .. } => {
-                let mut v = Vec::with_capacity(INLINE * 4);
-                v.extend_from_slice(at);
-                v.push(p);
-                *self = Pieces::Heap(v);
-            }
-            Pieces::Heap(v) => v.push(p),
-        }
-    }
-
-    #[inline]
-    pub(crate) fn as_slice(&self) -> &[Piece] {
-        match self {
-            Pieces::Inline { n, at } => &at[..*n as usize],
-            Pieces::Heap(v) => v,
-        }
-    }
-}
-
 /// The chunks of one completion, in order: an iterator of [`Chunk`]s. A plain receive has one
 /// chunk; a bundle one per buffer it filled (the first from where the previous data in that
 /// buffer ended, the others from where their entries start). It forms each chunk as it is
-/// taken, and allocates nothing for up to four buffers; chunks not taken give their buffers
-/// back when it is dropped.
+/// taken; chunks not taken give their buffers back when it is dropped. A completion of one
+/// buffer allocates nothing; a bundle of several keeps where its buffers start in one
+/// allocation.
 ///
 /// `Send` and `Sync` like a chunk.
 pub struct Chunks {
     /// `Arc::as_ptr` of the pool's `Shared`, kept alive by the references the pieces hold.
     shared: NonNull<Shared>,
-    pieces: Pieces,
-    /// Index of the next piece to hand out.
-    next: u32,
+    /// The first buffer's piece.
+    first: Piece,
+    /// The other buffers' pieces, in order (`None` for one buffer: no allocation).
+    rest: Option<Box<[Piece]>>,
+    /// Index of the next piece to hand out (0: `first`).
+    next: u16,
+    /// Whether the final buffer stays with the kernel (its chunk is not the last).
+    keep_final: bool,
     /// Bytes not yet handed out.
     left: u32,
     /// Bytes of the whole completion.
     total: u32,
     /// The pool's buffer length (kept here: reading it through `shared` needs a live piece).
     buf_len: u32,
-    /// Whether the final buffer stays with the kernel (its chunk is not the last).
-    keep_final: bool,
 }
 
 // SAFETY: like `Chunk`: the pieces are disjoint ranges the kernel no longer writes, kept alive
@@ -89,30 +48,32 @@ unsafe impl Send for Chunks {}
 unsafe impl Sync for Chunks {}
 
 impl Chunks {
-    /// The chunks of `total` bytes laid over `pieces`.
+    /// The chunks of `total` bytes laid over `first` and then `rest`.
     ///
     /// # Safety
     /// For each piece the caller holds one reference to its buffer, given to the chunk formed
     /// from it (or released on drop); the bytes fill each piece's buffer from its offset to the
-    /// end of the buffer, except the last piece, which takes what is left; and every such
-    /// range satisfies [`Chunk::new`]'s contract. `shared` is `Arc::as_ptr` of the pool's
-    /// `Shared`.
+    /// end of the buffer (`buf_len` bytes long), except the last piece, which takes what is
+    /// left; every such range satisfies [`Chunk::new`]'s contract. `shared` is `Arc::as_ptr` of
+    /// the pool's `Shared`. At most 32768 pieces (one per buffer).
     #[inline]
     pub(crate) unsafe fn new(
         shared: NonNull<Shared>,
-        pieces: Pieces,
+        first: Piece,
+        rest: Option<Box<[Piece]>>,
         total: u32,
         buf_len: u32,
         keep_final: bool,
     ) -> Self {
         Chunks {
             shared,
-            pieces,
+            first,
+            rest,
             next: 0,
+            keep_final,
             left: total,
             total,
             buf_len,
-            keep_final,
         }
     }
 
@@ -122,37 +83,37 @@ impl Chunks {
     }
 
     /// Buffers the completion filled (1 unless it is a bundle).
+    #[inline]
     pub fn buffers(&self) -> usize {
-        self.pieces.as_slice().len()
+        1 + self.rest().len()
     }
 
-    /// (bid, offset, length) of chunk `i` of the completion, without taking it (`None` past
-    /// the end).
-    pub fn piece(&self, i: usize) -> Option<(u16, u32, u32)> {
-        let pieces = self.pieces.as_slice();
-        let p = *pieces.get(i)?;
-        // Lengths follow from the layout: every piece but the last runs to its buffer's end.
-        let before: u64 = pieces[..i]
-            .iter()
-            .map(|q| u64::from(self.buf_len - q.offset))
-            .sum();
-        let rest = u64::from(self.total) - before;
-        let len = if i + 1 == pieces.len() {
-            rest
-        } else {
-            rest.min(u64::from(self.buf_len - p.offset))
-        };
-        Some((p.bid, p.offset, len as u32))
+    #[inline]
+    fn rest(&self) -> &[Piece] {
+        self.rest.as_deref().unwrap_or_default()
     }
 
-    /// The only chunk of a one-buffer completion; a bundle of several buffers comes back
-    /// unchanged.
+    /// The only chunk of a one-buffer completion; a bundle of several buffers (or a completion
+    /// whose chunk was taken) comes back unchanged.
     pub fn into_single(mut self) -> Result<Chunk, Chunks> {
-        if self.buffers() == 1 && self.next == 0 {
+        if self.rest.is_none() && self.next == 0 {
             Ok(self.next().expect("one piece"))
         } else {
             Err(self)
         }
+    }
+
+    /// Gives back the buffers of the chunks never taken.
+    #[cold]
+    fn release_untaken(&mut self) {
+        let pieces = std::iter::once(self.first).chain(self.rest().iter().copied());
+        for p in pieces.skip(self.next as usize) {
+            // SAFETY: `shared` is the `Arc`'s pointer; this piece's reference is ours to give
+            // up, and the references of the pieces after it (or, for the last, nothing more
+            // touches `shared`) keep it alive until then.
+            unsafe { Shared::release(self.shared.as_ptr(), p.bid) };
+        }
+        self.next = self.buffers() as u16;
     }
 }
 
@@ -161,10 +122,13 @@ impl Iterator for Chunks {
 
     #[inline]
     fn next(&mut self) -> Option<Chunk> {
-        let pieces = self.pieces.as_slice();
         let i = self.next as usize;
-        let p = *pieces.get(i)?;
-        let final_piece = i + 1 == pieces.len();
+        let (p, final_piece) = if i == 0 {
+            (self.first, self.rest.is_none())
+        } else {
+            let rest = self.rest.as_deref()?;
+            (*rest.get(i - 1)?, i == rest.len())
+        };
         let len = if final_piece {
             self.left
         } else {
@@ -179,7 +143,7 @@ impl Iterator for Chunks {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.pieces.as_slice().len() - self.next as usize;
+        let n = self.buffers() - self.next as usize;
         (n, Some(n))
     }
 }
@@ -187,22 +151,24 @@ impl Iterator for Chunks {
 impl ExactSizeIterator for Chunks {}
 
 impl Drop for Chunks {
+    #[inline]
     fn drop(&mut self) {
-        let pieces = self.pieces.as_slice();
-        for p in &pieces[self.next as usize..] {
-            // SAFETY: `shared` is the `Arc`'s pointer; this piece's reference is ours to give
-            // up, and the references of the pieces after it (or, for the last, nothing more
-            // touches `shared`) keep it alive until then.
-            unsafe { Shared::release(self.shared.as_ptr(), p.bid) };
+        // The common case, a one-buffer completion whose chunk was taken, costs one test.
+        if self.next == 0 || self.rest.is_some() {
+            self.release_untaken();
         }
     }
 }
 
 impl fmt::Debug for Chunks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let untaken: Vec<Piece> = std::iter::once(self.first)
+            .chain(self.rest().iter().copied())
+            .skip(self.next as usize)
+            .collect();
         f.debug_struct("Chunks")
             .field("total", &self.total)
-            .field("pieces", &&self.pieces.as_slice()[self.next as usize..])
+            .field("pieces", &untaken)
             .finish()
     }
 }

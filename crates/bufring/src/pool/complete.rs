@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{Feed, Incremental, Pool};
-use crate::chunk::{Chunks, Piece, Pieces, Shared};
+use crate::chunk::{Chunks, Piece, Shared};
 use crate::completion::{Completion, Cqe};
 use crate::error::{BadCompletion, Error, Result};
 
@@ -89,11 +89,12 @@ impl Pool {
         // SAFETY: the checks above put `offset..offset + len` inside buffer `bid`; the kernel
         // committed it in this CQE (handed over once, the caller's promise) and writes only
         // past `offset + consumed` until the buffer is posted again, which waits for the
-        // chunk's reference, taken above.
+        // chunk's reference (the kernel's on retirement, or the one taken above).
         let chunks = unsafe {
             Chunks::new(
                 Shared::ptr(&self.shared),
-                Pieces::one(Piece { bid, offset }),
+                Piece { bid, offset },
+                None,
                 len,
                 self.shared.buf_len,
                 !retired,
@@ -113,19 +114,14 @@ impl Pool {
         let pos0 = self.ledger.pos(bid);
         // Published entries from the first buffer's position on: a bundle covers no more.
         let posted = self.feed.tail().wrapping_sub(pos0) as usize;
-        let mut pieces = Pieces::one(Piece {
-            bid,
-            offset: self.ledger.cursor(bid),
-        });
+        let mut pieces = Vec::new();
         let mut rem = total;
         let mut space_seen: u64 = 0;
         let mut n = 0usize;
         let mut b = bid;
         loop {
             let offset = self.ledger.cursor(b);
-            if n > 0 {
-                pieces.push(Piece { bid: b, offset });
-            }
+            pieces.push(Piece { bid: b, offset });
             let space = buf_len - offset;
             let take = rem.min(space);
             space_seen += u64::from(space);
@@ -159,12 +155,9 @@ impl Pool {
         self.stats.completions += 1;
         self.stats.bundles += 1;
         self.stats.bytes_delivered += u64::from(total);
-        if matches!(pieces, Pieces::Heap(_)) {
-            self.stats.bundle_allocations += 1;
-        }
         let mut rem = total;
         let mut keep_final = false;
-        for (k, p) in pieces.as_slice().iter().enumerate() {
+        for (k, p) in pieces.iter().enumerate() {
             let len = rem.min(buf_len - p.offset);
             rem -= len;
             let final_piece = k + 1 == n;
@@ -184,7 +177,8 @@ impl Pool {
         let chunks = unsafe {
             Chunks::new(
                 Shared::ptr(&self.shared),
-                pieces,
+                pieces[0],
+                Some(pieces[1..].into()),
                 total,
                 buf_len,
                 keep_final,
@@ -256,9 +250,6 @@ impl Pool {
             _ => false,
         };
         self.ledger.consumed(bid, entry_done);
-        if let Feed::Legacy(l) = &mut self.feed {
-            l.provided = l.provided.saturating_sub(1);
-        }
         if keep {
             if self.mode == Incremental::Emulated {
                 self.post_entry(bid, end);
@@ -269,10 +260,11 @@ impl Pool {
             return false;
         }
         self.ledger.retire(bid);
-        self.stats.in_kernel -= 1;
-        self.stats.with_app += 1;
-        self.stats.peak_with_app = self.stats.peak_with_app.max(self.stats.with_app);
         self.stats.buffers_retired += 1;
+        // Buffers with the application: retired and not yet posted again (derived, see
+        // `Pool::stats`).
+        let with_app = (self.stats.buffers_retired - self.stats.reposted) as u32;
+        self.stats.peak_with_app = self.stats.peak_with_app.max(with_app);
         self.stats.bytes_used_retired += u64::from(offset + len);
         true
     }

@@ -93,8 +93,9 @@ impl Ledger {
                 count: self.bufs.len() as u16,
             });
         };
-        let ahead = tail.wrapping_sub(b.pos);
-        if !b.in_kernel || ahead == 0 || ahead as usize > self.bufs.len() {
+        // Positions from the tail back: 1 to `count` (one entry per buffer at most).
+        let ahead = tail.wrapping_sub(b.pos).wrapping_sub(1);
+        if !b.in_kernel || ahead as usize >= self.bufs.len() {
             return Err(BadCompletion::BidNotHeldByKernel { bid });
         }
         Ok(())

@@ -12,8 +12,10 @@ pub(crate) struct Legacy {
     pub(crate) bgid: u16,
     /// Bids posted but not yet handed out as SQEs (capacity `count`, never reallocated).
     pub(crate) staged: Vec<u16>,
-    /// Entries the kernel may hold: handed out as SQEs and not yet seen in a completion.
-    pub(crate) provided: u32,
+    /// Entries handed out as SQEs, ever.
+    pub(crate) handed: u64,
+    /// Entries the kernel gave back to REMOVE_BUFFERS, ever.
+    pub(crate) removed: u64,
     /// Position of the next buffer handed out: the kernel's list is first in, first out, so
     /// positions give its order, as ring positions do.
     pub(crate) tail: u16,
@@ -26,7 +28,8 @@ impl Legacy {
         Legacy {
             bgid,
             staged: Vec::with_capacity(count),
-            provided: 0,
+            handed: 0,
+            removed: 0,
             tail: 0,
             mask: (count.next_power_of_two() - 1) as u16,
         }
@@ -94,7 +97,7 @@ impl Pool {
                 l.tail = l.tail.wrapping_add(1);
             }
             done += run;
-            l.provided += run as u32;
+            l.handed += run as u64;
         }
         staged.drain(..done);
         sqes
@@ -106,8 +109,12 @@ impl Pool {
     /// [`buffers_removed`](Self::buffers_removed); the pool can then free its memory on drop.
     pub fn remove_buffers(&self) -> Option<squeue::Entry> {
         match &self.feed {
-            Feed::Legacy(l) if l.provided > 0 => Some(
-                opcode::RemoveBuffers::new(l.provided.min(u16::MAX as u32) as u16, l.bgid).build(),
+            Feed::Legacy(l) if self.legacy_provided() > 0 => Some(
+                opcode::RemoveBuffers::new(
+                    self.legacy_provided().min(u16::MAX as u64) as u16,
+                    l.bgid,
+                )
+                .build(),
             ),
             _ => None,
         }
@@ -118,8 +125,23 @@ impl Pool {
     pub fn buffers_removed(&mut self, result: i32) {
         if let Feed::Legacy(l) = &mut self.feed {
             if result > 0 {
-                l.provided = l.provided.saturating_sub(result as u32);
+                l.removed += result as u64;
             }
+        }
+    }
+}
+
+impl Pool {
+    /// Legacy pools: entries the kernel may hold: handed out as SQEs, not given back to
+    /// REMOVE_BUFFERS and not yet seen in a completion (every completion of a legacy buffer
+    /// retires it or, emulating incremental consumption, stages its rest again). Derived, so
+    /// the completion path keeps no count of its own.
+    pub(crate) fn legacy_provided(&self) -> u64 {
+        match &self.feed {
+            Feed::Legacy(l) => l.handed.saturating_sub(
+                l.removed + self.stats.buffers_retired + self.stats.emulated_reposts,
+            ),
+            Feed::Ring(_) => 0,
         }
     }
 }

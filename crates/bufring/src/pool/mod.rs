@@ -142,7 +142,7 @@ impl Drop for Pool {
             },
             // The kernel may still hold some legacy buffers (there is no way to take them back
             // without the user's ring); `remove_buffers` avoids this.
-            Feed::Legacy(l) => l.provided > 0,
+            Feed::Legacy(_) => self.legacy_provided() > 0,
         };
         if kernel_may_write {
             std::mem::forget(Arc::clone(&self.shared));
@@ -222,8 +222,12 @@ impl Pool {
 
     /// The counters.
     pub fn stats(&self) -> PoolStats {
+        // Derived here rather than counted per completion (hot path). Every buffer is posted
+        // at build; each retirement hands one to the application, each re-post takes it back.
+        let with_app = (self.stats.buffers_retired - self.stats.reposted) as u32;
         PoolStats {
-            // Derived here rather than counted per completion (hot path).
+            with_app,
+            in_kernel: self.stats.buffers - with_app,
             bytes_retired: self.stats.buffers_retired * u64::from(self.shared.buf_len),
             ..self.stats
         }
@@ -242,7 +246,6 @@ impl Pool {
     #[inline]
     fn post(&mut self, bid: u16) {
         self.shared.hold(bid);
-        self.stats.in_kernel += 1;
         self.post_entry(bid, 0);
     }
 
@@ -287,7 +290,6 @@ impl Pool {
             let shared = Arc::clone(&self.shared);
             shared.drain_returns(|bid| {
                 self.post(bid);
-                self.stats.with_app -= 1;
                 self.stats.reposted += 1;
             });
         }

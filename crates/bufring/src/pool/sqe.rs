@@ -56,6 +56,7 @@ macro_rules! with_target {
 impl Pool {
     /// A single receive (IORING_OP_RECV) into one buffer of the pool. On incremental pools the
     /// kernel takes what is left of the current buffer.
+    #[must_use = "an SQE does nothing until it is pushed"]
     pub fn recv(&self, fd: impl Into<Target>) -> squeue::Entry {
         self.built_stream();
         let bgid = self.bgid();
@@ -71,6 +72,7 @@ impl Pool {
 
     /// A multishot receive: one CQE per arrival, each in a buffer of the pool, until an error,
     /// end of stream, or [`Completion::NoBuffers`](crate::Completion::NoBuffers).
+    #[must_use = "an SQE does nothing until it is pushed"]
     pub fn recv_multishot(&self, fd: impl Into<Target>) -> squeue::Entry {
         self.built_stream();
         let bgid = self.bgid();
@@ -86,6 +88,7 @@ impl Pool {
     /// On a legacy pool this is a plain [`recv`](Self::recv): the kernel fills legacy bundles
     /// in a way their CQE does not describe (a first buffer cut short by the bytes queued at
     /// the time, then the next one), so they could not be split safely.
+    #[must_use = "an SQE does nothing until it is pushed"]
     pub fn recv_bundle(&self, fd: impl Into<Target>) -> squeue::Entry {
         if self.backend() == Backend::Legacy {
             return self.recv(fd);
@@ -103,6 +106,7 @@ impl Pool {
     ///
     /// On a legacy pool this is a plain [`recv_multishot`](Self::recv_multishot) (see
     /// [`recv_bundle`](Self::recv_bundle)).
+    #[must_use = "an SQE does nothing until it is pushed"]
     pub fn recv_multishot_bundle(&self, fd: impl Into<Target>) -> squeue::Entry {
         if self.backend() == Backend::Legacy {
             return self.recv_multishot(fd);
@@ -127,6 +131,7 @@ impl Pool {
     /// in submission order, but completions may come back in another order), and use another
     /// pool for sockets and pipes (mixing them is refused with
     /// [`BadCompletion::MixedFileReads`](crate::BadCompletion::MixedFileReads)).
+    #[must_use = "an SQE does nothing until it is pushed"]
     pub fn read(&self, fd: impl Into<Target>, len: u32, offset: u64) -> squeue::Entry {
         let bgid = self.bgid();
         let len = self.clamp_len(len);
@@ -154,6 +159,7 @@ impl Pool {
     /// whole buffer (on incremental pools, the rest of the current one); the kernel (6.18)
     /// refuses any other `len` with EINVAL, so a nonzero `len` is passed on as is (at most a
     /// buffer) only for kernels that accept it.
+    #[must_use = "an SQE does nothing until it is pushed"]
     pub fn read_multishot(&self, fd: impl Into<Target>, len: u32, offset: u64) -> squeue::Entry {
         self.built_stream();
         let bgid = self.bgid();

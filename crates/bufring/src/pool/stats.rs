@@ -10,11 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct PoolStats {
     /// Buffers in the pool.
     pub buffers: u32,
-    /// Buffers posted in the ring (including a partly filled incremental buffer). Counted when
-    /// a buffer is posted: on emulated pools the rest of a part-used buffer counts before
-    /// [`Pool::publish`](crate::Pool::publish) writes its entry, so this is exact after every publish.
+    /// Buffers the kernel holds: posted in the ring, or partly filled on incremental pools
+    /// (`buffers - with_app`; on emulated pools the rest of a part-used buffer counts before
+    /// [`Pool::publish`](crate::Pool::publish) writes its entry, so this is exact after every
+    /// publish).
     pub in_kernel: u32,
-    /// Buffers retired by the kernel and not yet posted again.
+    /// Buffers retired by the kernel and not yet posted again (their chunks may be gone, and
+    /// the buffers waiting for the next publish).
     pub with_app: u32,
     /// The most buffers ever with the application at once.
     pub peak_with_app: u32,
@@ -39,11 +41,6 @@ pub struct PoolStats {
     pub publishes: u64,
     /// Bundle completions accepted (each also counts in `completions`).
     pub bundles: u64,
-    /// Bundle completions that needed more buffers than fit inline in [`Chunks`]
-    /// (four): each allocated once.
-    ///
-    /// [`Chunks`]: crate::Chunks
-    pub bundle_allocations: u64,
     /// Rests of partly used buffers posted again by [`Incremental::Emulated`](crate::Incremental::Emulated).
     pub emulated_reposts: u64,
 }
