@@ -23,6 +23,29 @@ pub struct BufRingBuilder {
     min_left: u32,
 }
 
+/// Whether the kernel lacks buffer rings (before 5.19), found without registering anything:
+/// unregistering a group a fresh io_uring never had is ENOENT where rings exist and EINVAL (an
+/// unknown register opcode) where they do not.
+fn buffer_rings_missing() -> bool {
+    io_uring::IoUring::new(1).is_ok_and(|ring| {
+        sys::unregister_pbuf_ring(ring.as_raw_fd(), 0)
+            .is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL))
+    })
+}
+
+/// Whether the kernel refuses incremental rings, tried without `min_left` on a scratch
+/// io_uring (only asked after a registration with `min_left` failed with EINVAL).
+fn incremental_missing() -> bool {
+    io_uring::IoUring::new(4).is_ok_and(|ring| {
+        matches!(
+            BufRing::builder(0x7f0, 1).incremental(true).register(&ring),
+            Err(Error::Unsupported {
+                feature: Feature::Incremental
+            })
+        )
+    })
+}
+
 impl BufRingBuilder {
     /// Incremental consumption (IOU_PBUF_RING_INC, Linux 6.12): the kernel fills a buffer a
     /// piece at a time and says F_BUF_MORE while it keeps the buffer.
@@ -150,11 +173,22 @@ impl BufRingBuilder {
     /// Turns a failed registration into the most precise error we can give.
     fn registration_error(&self, e: std::io::Error) -> Error {
         if e.raw_os_error() == Some(libc::EINVAL) {
+            // Kernels before 5.19 answer the unknown register opcode with EINVAL too.
+            if buffer_rings_missing() {
+                return Error::Unsupported {
+                    feature: Feature::BufferRing,
+                };
+            }
             // EINVAL is the kernel's answer to flags it does not know; name the feature.
             if self.min_left != 0 {
-                return Error::Unsupported {
-                    feature: Feature::MinLeft,
+                // A kernel without incremental rings (before 6.12) lacks min_left too, but
+                // incremental consumption is what is missing first: name that.
+                let feature = if self.incremental && incremental_missing() {
+                    Feature::Incremental
+                } else {
+                    Feature::MinLeft
                 };
+                return Error::Unsupported { feature };
             }
             if self.incremental {
                 return Error::Unsupported {

@@ -55,7 +55,11 @@ fn integrity(mode: Incremental, min_left: u32) {
     if mode == Incremental::Emulated {
         assert!(s.emulated_reposts > 0);
     }
-    assert_eq!(pool.shadow_head(), pool.ring().unwrap().head().unwrap());
+    // The kernel's head through PBUF_STATUS (6.8); emulation runs on older kernels too.
+    match pool.ring().unwrap().head() {
+        Err(Error::Unsupported { .. }) => eprintln!("no PBUF_STATUS here: head not compared"),
+        head => assert_eq!(pool.shadow_head(), head.unwrap()),
+    }
 }
 
 #[test]
@@ -112,12 +116,13 @@ fn auto_reports_what_it_got() {
         .min_left(100)
         .build(&ring);
     if !probe.min_left {
-        assert!(matches!(
-            r,
-            Err(Error::Unsupported {
-                feature: bufring::Feature::MinLeft
-            })
-        ));
+        // Before 6.12 incremental rings are what is missing first.
+        let missing = if probe.incremental {
+            bufring::Feature::MinLeft
+        } else {
+            bufring::Feature::Incremental
+        };
+        assert!(matches!(r, Err(Error::Unsupported { feature }) if feature == missing));
     }
 }
 
