@@ -6,6 +6,8 @@
 //!   sends resume where they stopped), and dropping it gives the buffer back;
 //! - a receive that ended with `NoBuffers` is re-armed once buffers came back (after
 //!   `publish`), in the order the connections ran dry;
+//! - after each `publish`, `provide` hands a legacy pool's buffers to the kernel (kernels
+//!   before 5.19, where `Backend::Auto` falls back to legacy provided buffers);
 //! - the loop ends when every connection closed; the pool outlives every request.
 //!
 //! `cargo run -p bufring --example echo [-- CLIENTS]` serves on 127.0.0.1, runs its own
@@ -24,6 +26,9 @@ use io_uring::{opcode, types, IoUring};
 const ACCEPT: u64 = 1;
 const RECV: u64 = 2;
 const SEND: u64 = 3;
+/// PROVIDE_BUFFERS: a pool on legacy provided buffers (kernels before 5.19) hands its buffers
+/// to the kernel through SQEs (`Pool::provide`); on a buffer ring there are none.
+const PROVIDE: u64 = 4;
 
 /// `user_data`: the kind of request in the high half, the connection in the low half.
 fn tag(kind: u64, conn: usize) -> u64 {
@@ -72,6 +77,7 @@ fn main() -> Result<()> {
         .map(|i| std::thread::spawn(move || client(addr, i)))
         .collect();
 
+    provide(&mut pool, &mut ring);
     let accept = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
         .build()
         .user_data(tag(ACCEPT, 0));
@@ -141,11 +147,16 @@ fn main() -> Result<()> {
                         c.queue.pop_front();
                     }
                 }
+                PROVIDE if cqe.result() < 0 => {
+                    return Err(std::io::Error::from_raw_os_error(-cqe.result()).into())
+                }
+                PROVIDE => {}
                 _ => unreachable!("unknown tag {:#x}", cqe.user_data()),
             }
         }
         // One tail store gives the kernel every buffer whose last chunk was dropped.
         pool.publish();
+        provide(&mut pool, &mut ring);
         if pool.stats().in_kernel > 0 {
             rearm.extend(dry.drain(..));
         }
@@ -191,6 +202,15 @@ fn main() -> Result<()> {
         s.utilization()
     );
     Ok(())
+}
+
+/// Legacy pools: pushes the PROVIDE_BUFFERS SQEs of the buffers `publish` staged (nothing on a
+/// buffer ring).
+fn provide(pool: &mut Pool, ring: &mut IoUring) {
+    pool.provide(|sqe| {
+        // SAFETY: the SQE gives the kernel buffers of `pool`, which outlives every request.
+        unsafe { ring.submission().push(&sqe.user_data(tag(PROVIDE, 0))) }.is_ok()
+    });
 }
 
 /// One client: sends 256 KiB in uneven pieces while reading the echo, checks every byte.

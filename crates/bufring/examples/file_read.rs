@@ -13,6 +13,8 @@ use io_uring::IoUring;
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 const READ: u32 = 12 * 1024;
+const READ_UD: u64 = 1;
+const PROVIDE: u64 = 2;
 
 fn main() -> Result<()> {
     let Ok(mut ring) = IoUring::new(8) else {
@@ -40,12 +42,29 @@ fn main() -> Result<()> {
     let mut out = Vec::new();
     let mut chunks = 0;
     loop {
-        let e = pool.read(file.as_raw_fd(), READ, out.len() as u64);
+        // A pool on legacy provided buffers (kernels before 5.19) hands its buffers to the
+        // kernel through SQEs, submitted ahead of the read; on a buffer ring there are none.
+        let provided = pool.provide(|sqe| {
+            // SAFETY: the SQE gives the kernel buffers of `pool`, which outlives the loop.
+            unsafe { ring.submission().push(&sqe.user_data(PROVIDE)) }.is_ok()
+        });
+        let e = pool
+            .read(file.as_raw_fd(), READ, out.len() as u64)
+            .user_data(READ_UD);
         // SAFETY: the pool outlives the read: it is dropped after its completion.
         unsafe { ring.submission().push(&e)? };
-        ring.submit_and_wait(1)?;
-        let cqe = ring.completion().next().ok_or("no completion")?;
-        // SAFETY: the read above is the ring's only request; its CQE is handed over once.
+        ring.submit_and_wait(1 + provided as usize)?;
+        let cqes: Vec<_> = ring.completion().collect();
+        for p in cqes.iter().filter(|c| c.user_data() == PROVIDE) {
+            if p.result() < 0 {
+                return Err(std::io::Error::from_raw_os_error(-p.result()).into());
+            }
+        }
+        let cqe = cqes
+            .into_iter()
+            .find(|c| c.user_data() == READ_UD)
+            .ok_or("no completion")?;
+        // SAFETY: the read above is the ring's only read; its CQE is handed over once.
         match unsafe { pool.complete(&cqe)? } {
             Completion::Data { chunks: data, .. } => {
                 for chunk in data {

@@ -14,6 +14,8 @@ use io_uring::{types, IoUring};
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 const DATAGRAMS: u32 = 1000;
+const RECV: u64 = 1;
+const PROVIDE: u64 = 2;
 
 fn main() -> Result<()> {
     let Ok(mut ring) = IoUring::new(256) else {
@@ -26,13 +28,19 @@ fn main() -> Result<()> {
     let mut pool = Pool::builder(0).count(64).buf_len(2048).build(&ring)?;
     // Room for an IPv4 or IPv6 source, no control messages.
     let msg = RecvMsg::new(RecvMsg::INET6_NAME_LEN, 0)?;
-    let arm = |ring: &mut IoUring, pool: &Pool| -> Result<()> {
-        let e = msg.multishot(pool, sock.as_raw_fd())?.user_data(1);
+    let arm = |ring: &mut IoUring, pool: &mut Pool| -> Result<()> {
+        // A pool on legacy provided buffers (kernels before 5.19) hands its buffers to the
+        // kernel through SQEs; on a buffer ring there are none.
+        pool.provide(|sqe| {
+            // SAFETY: the SQE gives the kernel buffers of `pool`, which outlives the loop.
+            unsafe { ring.submission().push(&sqe.user_data(PROVIDE)) }.is_ok()
+        });
+        let e = msg.multishot(pool, sock.as_raw_fd())?.user_data(RECV);
         // SAFETY: `pool` and `msg` outlive the loop below, and the request ends before it.
         unsafe { ring.submission().push(&e)? };
         Ok(())
     };
-    arm(&mut ring, &pool)?;
+    arm(&mut ring, &mut pool)?;
 
     let senders = [
         UdpSocket::bind("127.0.0.1:0")?,
@@ -61,7 +69,13 @@ fn main() -> Result<()> {
         let cqes: Vec<_> = ring.completion().collect();
         let mut rearm = false;
         for cqe in cqes {
-            // SAFETY: the ring's only request is the recvmsg multishot on `pool`; each CQE is
+            if cqe.user_data() == PROVIDE {
+                if cqe.result() < 0 {
+                    return Err(std::io::Error::from_raw_os_error(-cqe.result()).into());
+                }
+                continue;
+            }
+            // SAFETY: the ring's only receive is the recvmsg multishot on `pool`; each CQE is
             // handed over once.
             let completion = unsafe { pool.complete(&cqe)? };
             rearm |= completion.must_rearm();
@@ -89,7 +103,12 @@ fn main() -> Result<()> {
         }
         pool.publish();
         if rearm {
-            arm(&mut ring, &pool)?;
+            arm(&mut ring, &mut pool)?;
+        } else {
+            pool.provide(|sqe| {
+                // SAFETY: as in `arm`.
+                unsafe { ring.submission().push(&sqe.user_data(PROVIDE)) }.is_ok()
+            });
         }
     }
     println!(
