@@ -194,12 +194,7 @@ fn forged_completions_are_rejected_and_change_nothing() {
     );
     // A genuine completion for bid 0 is still accepted; a second one for the same bid is not
     // (the kernel no longer holds it).
-    let c = classic
-        .reap(Cqe::new(1000, flags(0, 0)))
-        .unwrap()
-        .into_chunks()
-        .map(one)
-        .unwrap();
+    let c = classic.reap_chunk(Cqe::new(1000, flags(0, 0)));
     assert_eq!(c.len(), 1000);
     assert_eq!(
         bad(classic.reap(Cqe::new(5, flags(0, 0)))),
@@ -218,12 +213,7 @@ fn forged_completions_are_rejected_and_change_nothing() {
         .incremental(Incremental::Kernel)
         .build(&ring)
         .unwrap();
-    let a = inc
-        .reap(Cqe::new(600, flags(1, IORING_CQE_F_BUF_MORE)))
-        .unwrap()
-        .into_chunks()
-        .map(one)
-        .unwrap();
+    let a = inc.reap_chunk(Cqe::new(600, flags(1, IORING_CQE_F_BUF_MORE)));
     assert_eq!((a.offset(), a.len()), (0, 600));
     // 400 bytes left in bid 1: 401 is a lie.
     assert_eq!(
@@ -235,12 +225,7 @@ fn forged_completions_are_rejected_and_change_nothing() {
         }
     );
     assert_eq!(inc.cursor(1), Some(600));
-    let b = inc
-        .reap(Cqe::new(400, flags(1, 0)))
-        .unwrap()
-        .into_chunks()
-        .map(one)
-        .unwrap();
+    let b = inc.reap_chunk(Cqe::new(400, flags(1, 0)));
     assert_eq!((b.offset(), b.len(), b.is_last()), (600, 400, true));
     assert_eq!(
         bad(inc.reap(Cqe::new(1, flags(1, IORING_CQE_F_BUF_MORE)))),
@@ -291,11 +276,6 @@ fn real_traffic_after_forgeries() {
     common::push(&mut ring, &pool.recv(rx.as_raw_fd()));
     tx.write_all(b"still fine").unwrap();
     let (_, res, f) = common::reap(&mut ring, Duration::from_secs(5))[0];
-    let c = pool
-        .reap(Cqe::new(res, f))
-        .unwrap()
-        .into_chunks()
-        .map(one)
-        .unwrap();
+    let c = pool.reap_chunk(Cqe::new(res, f));
     assert_eq!(&c[..], b"still fine");
 }

@@ -141,13 +141,7 @@ fn peer_reset_is_an_error_and_loses_no_buffer() {
     let mut got = 0;
     while got < 3 {
         for (_, res, flags) in common::reap(&mut ring, Duration::from_secs(5)) {
-            got += pool
-                .reap(Cqe::new(res, flags))
-                .unwrap()
-                .into_chunks()
-                .map(one)
-                .unwrap()
-                .len();
+            got += pool.reap_chunk(Cqe::new(res, flags)).len();
         }
     }
     let linger = libc::linger {
@@ -197,12 +191,7 @@ fn chunks_outlive_the_pool() {
     common::push(&mut ring, &pool.recv(rx.as_raw_fd()));
     tx.write_all(&[0x5a; 3000]).unwrap();
     let (_, res, flags) = common::reap(&mut ring, Duration::from_secs(5))[0];
-    let chunk = pool
-        .reap(Cqe::new(res, flags))
-        .unwrap()
-        .into_chunks()
-        .map(one)
-        .unwrap();
+    let chunk = pool.reap_chunk(Cqe::new(res, flags));
     drop(pool);
     drop(ring);
     // Move it to another thread too: still valid memory.
@@ -228,13 +217,7 @@ fn head_and_available_follow_the_kernel() {
         common::push(&mut ring, &pool.recv(rx.as_raw_fd()));
         tx.write_all(&[i; 100]).unwrap();
         let (_, res, flags) = common::reap(&mut ring, Duration::from_secs(5))[0];
-        chunks.push(
-            pool.reap(Cqe::new(res, flags))
-                .unwrap()
-                .into_chunks()
-                .map(one)
-                .unwrap(),
-        );
+        chunks.push(pool.reap_chunk(Cqe::new(res, flags)));
     }
     assert_eq!(pool.ring().unwrap().head().unwrap(), 3);
     assert_eq!(pool.ring().unwrap().available().unwrap(), 5);
@@ -275,12 +258,7 @@ fn a_chunk_becomes_bytes_without_a_copy() {
     common::push(&mut ring, &pool.recv(rx.as_raw_fd()));
     tx.write_all(b"zero copy").unwrap();
     let (_, res, flags) = common::reap(&mut ring, Duration::from_secs(5))[0];
-    let chunk = pool
-        .reap(Cqe::new(res, flags))
-        .unwrap()
-        .into_chunks()
-        .map(one)
-        .unwrap();
+    let chunk = pool.reap_chunk(Cqe::new(res, flags));
     let addr = chunk.as_ptr();
     let bytes = bytes::Bytes::from_owner(chunk);
     assert_eq!(&bytes[..], b"zero copy");

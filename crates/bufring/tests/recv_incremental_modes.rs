@@ -192,32 +192,17 @@ fn emulated_min_left_retires_small_rests() {
         .build(&ring)
         .unwrap();
     let f = |bid: u32| 1 | (bid << 16);
-    let a = pool
-        .reap(Cqe::new(3000, f(0)))
-        .unwrap()
-        .into_chunks()
-        .map(one)
-        .unwrap();
+    let a = pool.reap_chunk(Cqe::new(3000, f(0)));
     assert!(!a.is_last());
     assert_eq!(pool.cursor(0), Some(3000));
     // The rest is not published yet: the kernel cannot have used it.
     assert!(pool.reap(Cqe::new(96, f(0))).is_err());
     assert_eq!(pool.publish(), 1);
-    let b = pool
-        .reap(Cqe::new(96, f(0)))
-        .unwrap()
-        .into_chunks()
-        .map(one)
-        .unwrap();
+    let b = pool.reap_chunk(Cqe::new(96, f(0)));
     // 1000 bytes left: still posted.
     assert!(!b.is_last());
     assert_eq!(pool.publish(), 1);
-    let c = pool
-        .reap(Cqe::new(1, f(0)))
-        .unwrap()
-        .into_chunks()
-        .map(one)
-        .unwrap();
+    let c = pool.reap_chunk(Cqe::new(1, f(0)));
     // 999 left: retired.
     assert!(c.is_last());
     assert_eq!(pool.stats().with_app, 1);

@@ -478,12 +478,7 @@ fn truncated_payload_and_control_are_visible() {
     assert_eq!(cqes.len(), 1);
     let (_, res, flags) = cqes[0];
     assert_eq!(res as u32, pool.buf_len(), "the buffer should be full");
-    let chunk = pool
-        .reap(Cqe::new(res, flags))
-        .unwrap()
-        .into_chunks()
-        .map(one)
-        .unwrap();
+    let chunk = pool.reap_chunk(Cqe::new(res, flags));
     let d = msg.parse(chunk).unwrap();
     assert!(d.is_truncated());
     assert_eq!(
@@ -516,12 +511,7 @@ fn truncated_payload_and_control_are_visible() {
     let cqes = common::reap(&mut ring, Duration::from_secs(5));
     assert_eq!(cqes.len(), 1);
     let (_, res, flags) = cqes[0];
-    let chunk = pool
-        .reap(Cqe::new(res, flags))
-        .unwrap()
-        .into_chunks()
-        .map(one)
-        .unwrap();
+    let chunk = pool.reap_chunk(Cqe::new(res, flags));
     let d = plain.parse(chunk).unwrap();
     assert_eq!(d.payload().len(), 256 - 48);
     assert_eq!(d.payload_len(), 256 - 48, "payloadlen without MSG_TRUNC");
@@ -625,12 +615,7 @@ fn forged_buffers_are_typed_errors() {
         common::push(&mut ring, &pool.read(pr, 0, u64::MAX));
         let cqes = common::reap(&mut ring, Duration::from_secs(5));
         let (_, res, flags) = cqes[0];
-        let chunk = pool
-            .reap(Cqe::new(res, flags))
-            .unwrap()
-            .into_chunks()
-            .map(one)
-            .unwrap();
+        let chunk = pool.reap_chunk(Cqe::new(res, flags));
         assert_eq!(&chunk[..], &bytes[..]);
         match msg.parse(chunk) {
             Err(Error::BadDatagram(e)) => assert!(expected(&e), "wrong error {e:?}"),

@@ -14,6 +14,15 @@ use io_uring::{squeue, IoUring};
 pub trait Reap {
     /// [`Pool::complete`] for the tests' CQEs.
     fn reap(&mut self, cqe: impl Into<Cqe>) -> bufring::Result<Completion>;
+
+    /// The one chunk a CQE that must carry data brings (panics otherwise).
+    fn reap_chunk(&mut self, cqe: impl Into<Cqe>) -> Chunk {
+        self.reap(cqe)
+            .expect("completion rejected")
+            .into_chunks()
+            .map(one)
+            .expect("no data")
+    }
 }
 
 impl Reap for Pool {
