@@ -34,7 +34,7 @@ impl Pool {
     /// made up, duplicated, or meant for another pool can name a buffer the pool has posted
     /// again: accepting it would hand out a chunk over memory the kernel is about to write
     /// into. The checks catch every CQE that cannot be right, but such a CQE can look right.
-    #[inline(always)]
+    #[inline]
     pub unsafe fn complete(&mut self, cqe: impl Into<Cqe>) -> Result<Completion> {
         let cqe = cqe.into();
         let Some(bid) = cqe.bid() else {
