@@ -88,7 +88,8 @@ impl Pool {
         // SAFETY: the checks above put `offset..offset + len` inside buffer `bid`; the kernel
         // committed it in this CQE (handed over once, the caller's promise) and writes only
         // past `offset + consumed` until the buffer is posted again, which waits for the
-        // chunk's reference (the kernel's on retirement, or the one taken above).
+        // chunk's reference (the kernel's on retirement, or one the ledger counts under the
+        // buffer's bias while the kernel keeps it).
         let chunk = unsafe { Chunk::new(Shared::ptr(&self.shared), bid, offset, len, retired) };
         Ok(Completion::Data {
             chunks: Chunks::one(chunk),
