@@ -340,3 +340,35 @@ fn single_issuer_ring() -> Option<io_uring::IoUring> {
         }
     }
 }
+
+/// `Pool::close` off the owner thread of a SINGLE_ISSUER ring hands the pool back with the
+/// kernel's EEXIST instead of leaking it; closed again on the owner thread, it unregisters and
+/// frees.
+#[test]
+fn close_off_the_single_issuer_thread_hands_the_pool_back() {
+    let Some(ring) = single_issuer_ring() else {
+        return;
+    };
+    let pool = Pool::builder(43)
+        .count(4)
+        .buf_len(4096)
+        .build(&ring)
+        .unwrap();
+    let back = std::thread::spawn(move || match pool.close() {
+        Ok(()) => panic!("the kernel let another thread unregister a SINGLE_ISSUER ring"),
+        Err((pool, e)) => {
+            assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "{e}");
+            pool
+        }
+    })
+    .join()
+    .unwrap();
+    // Unregistered for real (no leak: the drop after an `Ok` close frees everything), so the
+    // bgid is free again. (`leaks()` is process-wide, and another test here leaks on purpose.)
+    back.close().map_err(|(_, e)| e).unwrap();
+    assert!(Pool::builder(43)
+        .count(4)
+        .buf_len(4096)
+        .build(&ring)
+        .is_ok());
+}

@@ -247,6 +247,33 @@ impl Pool {
         self.ledger.head()
     }
 
+    /// Unregisters the pool's ring now and frees the pool, or, if the kernel refuses, hands the
+    /// pool back with the kernel's answer so the caller can try again where it can succeed (for
+    /// example on the thread that owns an `IORING_SETUP_SINGLE_ISSUER` ring, where another
+    /// thread gets EEXIST). Dropping a pool does the same, but can only leak the memory when
+    /// the kernel refuses (see [`leaks`](crate::leaks)).
+    ///
+    /// A legacy pool whose buffers the kernel may still hold (see
+    /// [`remove_buffers`](Self::remove_buffers)) comes back with an EBUSY error.
+    pub fn close(mut self) -> std::result::Result<(), (Pool, crate::Error)> {
+        let held = self.legacy_provided();
+        let bgid = self.bgid();
+        let refused = match &mut self.feed {
+            Feed::Ring(ring) => ring.unregister_in_place().err(),
+            Feed::Legacy(_) => (held > 0).then(|| {
+                crate::Error::kernel(
+                    format!("close legacy buffer group {bgid}"),
+                    std::io::Error::from_raw_os_error(libc::EBUSY),
+                )
+            }),
+        };
+        match refused {
+            Some(e) => Err((self, e)),
+            // Unregistered: the drop frees everything.
+            None => Ok(()),
+        }
+    }
+
     /// Hands buffer `bid`, whole, to the kernel: the kernel's reference starts now. On
     /// incremental pools it is a bias that stands for the chunks handed out while the kernel
     /// keeps the buffer, which the ledger counts without atomics (see `Shared::hold_biased`).
