@@ -255,6 +255,8 @@ impl Pool {
     ///
     /// A legacy pool whose buffers the kernel may still hold (see
     /// [`remove_buffers`](Self::remove_buffers)) comes back with an EBUSY error.
+    // The pool itself comes back on failure (a cold path, called once): no box needed.
+    #[allow(clippy::result_large_err)]
     pub fn close(mut self) -> std::result::Result<(), (Pool, crate::Error)> {
         let held = self.legacy_provided();
         let bgid = self.bgid();
