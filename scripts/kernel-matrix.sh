@@ -183,7 +183,8 @@ static_cargo() {
         timeout 1800 $NICE cargo "$@" --target $TRIPLE --message-format=json-render-diagnostics
 }
 say "building static test binaries and the CLI (target $TRIPLE, crt-static, $TARGET)"
-static_cargo test --no-run -p bufring --tests >"$WORK/tests.json"
+# `model`: the tests that use the pool's test hooks need it (crates/bufring/Cargo.toml).
+static_cargo test --no-run -p bufring --tests --features model >"$WORK/tests.json"
 static_cargo build -p bufring-cli --bin bufring >"$WORK/cli.json"
 EXAMPLES=()
 if [ -d crates/bufring/examples ]; then
