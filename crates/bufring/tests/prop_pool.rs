@@ -11,42 +11,15 @@
 //! PROPTEST_CASES sets the number of programs (proptest's default, 256, otherwise). Failing
 //! programs shrink; keep each one found as a named test at the bottom of this file.
 
+mod common;
+
 use std::sync::mpsc;
 use std::thread;
 
 use bufring::model::{KernelModel, ModelSocket, RecvKind};
-use bufring::{Chunk, Chunks, Completion, Cqe, Incremental, Pool};
+use bufring::{Chunk, Completion, Incremental, Pool};
+use common::{one, Reap};
 use proptest::prelude::*;
-
-/// How these tests hand CQEs to a pool.
-trait Reap {
-    fn reap(&mut self, cqe: impl Into<Cqe>) -> bufring::Result<Completion>;
-
-    /// The one chunk a CQE that must carry data brings (panics otherwise).
-    fn reap_chunk(&mut self, cqe: impl Into<Cqe>) -> Chunk {
-        self.reap(cqe)
-            .expect("completion rejected")
-            .into_chunks()
-            .map(one)
-            .expect("no data")
-    }
-}
-
-impl Reap for Pool {
-    fn reap(&mut self, cqe: impl Into<Cqe>) -> bufring::Result<Completion> {
-        // SAFETY: every pool here is detached: no kernel writes into its buffers (the model
-        // does, only where the ring entries it reads point), and each model CQE is handed over
-        // once.
-        unsafe { self.complete(cqe) }
-    }
-}
-
-/// The only chunk of a plain receive's completion.
-fn one(chunks: Chunks) -> Chunk {
-    chunks
-        .into_single()
-        .expect("a plain receive fills one buffer")
-}
 
 /// Byte `i` of connection `conn`'s stream.
 fn stream_byte(conn: usize, i: u64) -> u8 {
