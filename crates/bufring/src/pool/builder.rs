@@ -123,7 +123,9 @@ impl PoolBuilder {
     /// bundles ([`Feature::Bundles`]) or, with kernel incremental consumption, bundles on
     /// incremental rings ([`Feature::IncrementalBundles`]); [`Incremental::Auto`] then falls
     /// back to emulation. Checking costs a scratch io_uring at build time. Legacy pools skip
-    /// the check: their bundle builders make plain receives.
+    /// the check: their bundle builders make plain receives. From the start, the pool reads a
+    /// completion longer than its first buffer's space as a bundle (the bundle SQE builders
+    /// turn that on too, when they are first called).
     ///
     /// [`Feature::Bundles`]: crate::Feature::Bundles
     /// [`Feature::IncrementalBundles`]: crate::Feature::IncrementalBundles
