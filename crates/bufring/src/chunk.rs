@@ -14,7 +14,9 @@ use loom::sync::atomic::{fence, AtomicU32, Ordering};
 #[cfg(not(loom))]
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 
+#[cfg(test)]
 use crate::mem::Mmap;
+use crate::mem::Region;
 
 mod chunks;
 pub use chunks::Chunks;
@@ -26,6 +28,11 @@ const NIL: u32 = u32::MAX;
 pub(crate) const BIAS: u32 = 1 << 30;
 /// On the return stack once the pool is gone: a releaser then frees the buffer itself.
 const CLOSED: u32 = u32::MAX - 1;
+/// On the return stack when it is empty and its owner waits for a return (see
+/// [`Shared::want_wake`]): the next releaser wakes it. A value of the same word as the stack, so
+/// a release and the owner going to sleep cannot miss each other, and a release costs nothing
+/// more when nobody waits.
+const WANT: u32 = u32::MAX - 2;
 
 /// What chunks share with their pool: the buffer memory, a reference count per buffer and the
 /// lock-free stack on which released buffers travel back to the pool's owner.
@@ -42,7 +49,7 @@ const CLOSED: u32 = u32::MAX - 1;
 /// builds a `Shared` without per-buffer counts keeps its own `Arc` alive instead, and never
 /// closes.
 pub(crate) struct Shared {
-    region: Mmap,
+    region: Region,
     pub(crate) buf_len: u32,
     /// Per bid: live chunks, plus one while the kernel holds the buffer.
     refs: Box<[AtomicU32]>,
@@ -50,17 +57,31 @@ pub(crate) struct Shared {
     /// takes, and it takes everything at once, so there is no ABA problem.
     returns: AtomicU32,
     next: Box<[AtomicU32]>,
+    /// Where a release that finds [`WANT`] on the stack signals (an eventfd the owner's
+    /// io_uring reads, see the driver); set once.
+    #[cfg(not(loom))]
+    notify: std::sync::OnceLock<Arc<std::os::fd::OwnedFd>>,
+    /// Wake-ups sent by releases.
+    wakes: AtomicU32,
 }
 
 impl Shared {
-    pub(crate) fn new(region: Mmap, buf_len: u32, count: u32) -> Self {
+    pub(crate) fn new(region: impl Into<Region>, buf_len: u32, count: u32) -> Self {
         Shared {
-            region,
+            region: region.into(),
             buf_len,
             refs: (0..count).map(|_| AtomicU32::new(0)).collect(),
             returns: AtomicU32::new(NIL),
             next: (0..count).map(|_| AtomicU32::new(NIL)).collect(),
+            #[cfg(not(loom))]
+            notify: std::sync::OnceLock::new(),
+            wakes: AtomicU32::new(0),
         }
+    }
+
+    /// The memory behind the buffers.
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
     }
 
     /// The address of buffer `bid`'s first byte. Only an address: forming a slice from it is
@@ -173,23 +194,69 @@ impl Shared {
                 unsafe { Arc::decrement_strong_count(this) };
                 return;
             }
-            s.next[bid as usize].store(top, Ordering::Relaxed);
+            let below = if top == WANT { NIL } else { top };
+            s.next[bid as usize].store(below, Ordering::Relaxed);
             match s.returns.compare_exchange_weak(
                 top,
                 bid as u32,
                 Ordering::Release,
                 Ordering::Relaxed,
             ) {
+                Ok(_) if top == WANT => {
+                    // The owner waits for a return and this is the first: wake it. (The
+                    // allocation is alive: the buffer's strong count is on the stack now, and the
+                    // owner drains only after it is woken, or while it holds its own `Arc`.)
+                    s.wake();
+                    return;
+                }
                 Ok(_) => return,
                 Err(t) => top = t,
             }
         }
     }
 
+    /// The owner is about to wait for buffers to come back: the next release wakes it (see
+    /// [`set_notify`](Self::set_notify)). Returns false if returns are already waiting (drain
+    /// them instead of waiting) or the stack is closed.
+    pub(crate) fn want_wake(&self) -> bool {
+        match self
+            .returns
+            .compare_exchange(NIL, WANT, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => true,
+            Err(top) => top == WANT,
+        }
+    }
+
+    /// Where releases signal the owner once it [wants](Self::want_wake) a wake-up: an eventfd.
+    /// Set once; later calls keep the first.
+    #[cfg(not(loom))]
+    pub(crate) fn set_notify(&self, fd: Arc<std::os::fd::OwnedFd>) {
+        let _ = self.notify.set(fd);
+    }
+
+    /// Wake-ups sent by releases so far.
+    pub(crate) fn wakes(&self) -> u32 {
+        self.wakes.load(Ordering::Relaxed)
+    }
+
+    fn wake(&self) {
+        self.wakes.fetch_add(1, Ordering::Relaxed);
+        #[cfg(not(loom))]
+        if let Some(fd) = self.notify.get() {
+            use std::os::fd::AsRawFd;
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to an eventfd we keep open through the
+            // `Arc`. A failure (the counter saturated) still leaves the eventfd readable.
+            unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
     /// Whether any buffer waits to be re-posted.
     #[inline]
     pub(crate) fn has_returns(&self) -> bool {
-        self.returns.load(Ordering::Relaxed) != NIL
+        // Bids are 16-bit; the markers (NIL, CLOSED, WANT) lie above.
+        self.returns.load(Ordering::Relaxed) <= u32::from(u16::MAX)
     }
 
     /// Takes every released bid at once and calls `f` on each (with the bid comes its strong
@@ -209,7 +276,7 @@ impl Shared {
     fn take_returns(&self, new_top: u32, mut f: impl FnMut(u16)) {
         let mut bid = self.returns.swap(new_top, Ordering::Acquire);
         debug_assert_ne!(bid, CLOSED, "the return stack is closed once");
-        while bid != NIL {
+        while bid <= u32::from(u16::MAX) {
             let next = self.next[bid as usize].load(Ordering::Relaxed);
             f(bid as u16);
             bid = next;
@@ -285,6 +352,34 @@ impl Chunk {
             bid,
             last,
         }
+    }
+
+    /// A chunk over `bytes` on the heap, outside any pool: freed with the chunk.
+    fn heap(bytes: Vec<u8>) -> Chunk {
+        debug_assert!(bytes.len() <= u32::MAX as usize);
+        let len = bytes.len() as u32;
+        let shared = Arc::new(Shared::new(Region::heap(bytes), len, 1));
+        shared.hold(0);
+        // No pool takes this buffer back: with the stack closed, the last release drops the
+        // strong count, which the chunk's reference holds from here (`into_raw`).
+        shared.close(|_| {});
+        let ptr = NonNull::new(Arc::into_raw(shared).cast_mut()).expect("Arc is never null");
+        // SAFETY: bid 0 is the whole of a one-buffer region nothing else writes; `hold` made the
+        // reference the chunk gives back, and with it goes the `Arc`'s only strong count.
+        unsafe { Chunk::new(ptr, 0, 0, len, true) }
+    }
+
+    /// A copy of this chunk's bytes on the heap, which holds no pool buffer: what a holder keeps
+    /// instead of a chunk it will hold for long (a slow reader), so the buffer can go back to the
+    /// kernel. The copy's [`bid`](Self::bid) is 0 and it is [not in a pool](Self::in_pool).
+    pub fn to_heap(&self) -> Chunk {
+        Chunk::heap(self.to_vec())
+    }
+
+    /// Whether the chunk views a pool buffer (rather than heap memory, see
+    /// [`to_heap`](Self::to_heap) and `TryFrom<Vec<u8>>`).
+    pub fn in_pool(&self) -> bool {
+        self.shared().region().mapping().is_some()
     }
 
     /// What the chunk shares with its pool.
@@ -401,6 +496,19 @@ impl Chunk {
         self.last = next.last;
         // `next`'s reference is released by its drop; ours still covers the buffer.
         Ok(())
+    }
+}
+
+/// Takes a vector's bytes without copying, as a chunk that is not [in a pool](Chunk::in_pool) (to
+/// send them where chunks are expected, for example). Gives the vector back if it holds more
+/// than `u32::MAX` bytes.
+impl TryFrom<Vec<u8>> for Chunk {
+    type Error = Vec<u8>;
+    fn try_from(v: Vec<u8>) -> Result<Chunk, Vec<u8>> {
+        if v.len() > u32::MAX as usize {
+            return Err(v);
+        }
+        Ok(Chunk::heap(v))
     }
 }
 

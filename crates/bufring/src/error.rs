@@ -214,6 +214,21 @@ pub enum Error {
     /// [`BadDatagram`](crate::BadDatagram)); the datagram is dropped, the pool is unaffected.
     #[error("malformed recvmsg completion: {0}")]
     BadDatagram(crate::recvmsg::BadDatagram),
+    /// A driver handle (socket, listener, pool) that names nothing live in this driver: closed
+    /// already, or from another driver.
+    #[error("{what} is not open in this driver (closed already, or from another driver)")]
+    NotOpen {
+        /// Which kind of handle.
+        what: &'static str,
+    },
+    /// A request that the state of its socket rules out (a send after `shutdown`, say).
+    #[error("{op}: {reason}")]
+    InvalidState {
+        /// The request.
+        op: &'static str,
+        /// Why it cannot be done now.
+        reason: &'static str,
+    },
     /// A receive stream broke its framing rules (see [`FrameError`](crate::FrameError)).
     #[error("framing error: {0}")]
     Frame(crate::frame::FrameError),

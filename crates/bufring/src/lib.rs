@@ -93,6 +93,7 @@
 
 mod chunk;
 mod completion;
+pub mod driver;
 mod error;
 mod frame;
 mod mem;

@@ -116,6 +116,65 @@ impl Drop for Mmap {
     }
 }
 
+/// Memory that chunks can view: a pool's mapping, or one heap buffer (a chunk copied out of a
+/// pool, or bytes the application gave away, see [`Chunk::copy_from_slice`](crate::Chunk)).
+#[derive(Debug)]
+pub(crate) enum Region {
+    Map(Mmap),
+    /// A vector, kept as its raw parts so that pointers derived from it stay valid while the
+    /// region moves (a `Vec` asserts uniqueness when moved).
+    Heap {
+        ptr: NonNull<u8>,
+        len: usize,
+        cap: usize,
+    },
+}
+
+// SAFETY: plain memory owned by this value, like `Mmap`.
+unsafe impl Send for Region {}
+// SAFETY: as above; `Region` hands out only raw pointers.
+unsafe impl Sync for Region {}
+
+impl From<Mmap> for Region {
+    fn from(m: Mmap) -> Self {
+        Region::Map(m)
+    }
+}
+
+impl Region {
+    pub(crate) fn heap(bytes: Vec<u8>) -> Self {
+        let mut bytes = std::mem::ManuallyDrop::new(bytes);
+        let (len, cap) = (bytes.len(), bytes.capacity());
+        let ptr = NonNull::new(bytes.as_mut_ptr()).expect("Vec's pointer is never null");
+        Region::Heap { ptr, len, cap }
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        match self {
+            Region::Map(m) => m.as_ptr(),
+            Region::Heap { ptr, .. } => ptr.as_ptr(),
+        }
+    }
+
+    /// The mapping, for a pool's region (`None` on the heap).
+    pub(crate) fn mapping(&self) -> Option<&Mmap> {
+        match self {
+            Region::Map(m) => Some(m),
+            Region::Heap { .. } => None,
+        }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        if let Region::Heap { ptr, len, cap } = *self {
+            // SAFETY: these are the raw parts of the vector `heap` took apart (never dropped
+            // there), and only this drop puts them back together.
+            drop(unsafe { Vec::from_raw_parts(ptr.as_ptr(), len, cap) });
+        }
+    }
+}
+
 /// The system page size.
 pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no memory-safety preconditions.

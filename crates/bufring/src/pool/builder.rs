@@ -63,6 +63,7 @@ pub struct PoolBuilder {
     pub(super) min_left: u32,
     pub(super) huge_pages: HugePages,
     pub(super) bundles: bool,
+    pub(super) posted: Option<u32>,
 }
 
 impl PoolBuilder {
@@ -76,6 +77,19 @@ impl PoolBuilder {
     pub fn buf_len(mut self, buf_len: usize) -> Self {
         self.buf_len = buf_len;
         self
+    }
+
+    /// How many buffers to post at the start (1 to `count`; default: all of them). The rest
+    /// wait parked, their pages untouched, until
+    /// [`Pool::set_posted_target`](crate::Pool::set_posted_target) asks for more.
+    pub fn posted(mut self, n: u32) -> Self {
+        self.posted = Some(n);
+        self
+    }
+
+    /// What [`posted`](Self::posted) asked for, and the buffer count (for the driver).
+    pub(crate) fn sizes(&self) -> (Option<u32>, usize, usize) {
+        (self.posted, self.count, self.buf_len)
     }
 
     /// Ring entries (a power of two, at least `count`; default: `count` rounded up).
@@ -152,6 +166,17 @@ impl PoolBuilder {
         }
         if self.buf_len == 0 {
             return Err(Error::config("buf_len", "buffers must not be empty"));
+        }
+        if let Some(n) = self.posted {
+            if n == 0 || n as usize > self.count {
+                return Err(Error::config(
+                    "posted",
+                    format!(
+                        "{n} buffers posted at the start; 1 to count ({})",
+                        self.count
+                    ),
+                ));
+            }
         }
         if self.buf_len > u32::MAX as usize {
             return Err(Error::config(
@@ -301,6 +326,12 @@ impl PoolBuilder {
             mode,
             min_left: self.min_left.max(1),
             pending: 0,
+            initial: 0,
+            target: 0,
+            parked: Vec::with_capacity(self.count),
+            trimmed: 0,
+            parked_low: 0,
+            huge_pages: self.huge_pages,
             stats: PoolStats {
                 buffers: count,
                 ..PoolStats::default()
@@ -310,9 +341,14 @@ impl PoolBuilder {
         if self.bundles {
             pool.built.bundles = AtomicBool::new(true);
         }
-        for bid in 0..count as u16 {
+        let posted = self.posted.unwrap_or(count).clamp(1, count);
+        for bid in 0..posted as u16 {
             pool.post(bid);
         }
+        // The rest start parked, first bids on top; untouched, their pages cost nothing.
+        pool.parked.extend((posted as u16..count as u16).rev());
+        (pool.trimmed, pool.parked_low) = (pool.parked.len(), pool.parked.len());
+        (pool.initial, pool.target) = (posted, posted);
         pool.publish();
         pool
     }
@@ -346,6 +382,7 @@ impl Pool {
             min_left: 0,
             huge_pages: HugePages::Off,
             bundles: false,
+            posted: None,
         }
     }
 }

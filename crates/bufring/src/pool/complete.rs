@@ -263,9 +263,8 @@ impl Pool {
         }
         self.ledger.retire(bid);
         self.stats.buffers_retired += 1;
-        // Buffers with the application: retired and not yet posted again (derived, see
-        // `Pool::stats`).
-        let with_app = (self.stats.buffers_retired - self.stats.reposted) as u32;
+        // Buffers with the application (derived, see `Pool::stats`).
+        let with_app = self.count() - self.posted() - self.parked.len() as u32;
         self.stats.peak_with_app = self.stats.peak_with_app.max(with_app);
         self.stats.bytes_used_retired += u64::from(offset + len);
         true

@@ -113,6 +113,19 @@ pub struct Pool {
     min_left: u32,
     /// Entries written since the last tail store.
     pending: u16,
+    /// Buffers posted when the pool was built (the rest started parked).
+    initial: u32,
+    /// How many buffers to keep posted (see `set_posted_target`).
+    target: u32,
+    /// Buffers kept out of the ring, most recently parked on top: the bottom ones have been
+    /// idle longest.
+    parked: Vec<u16>,
+    /// The bottom `trimmed` parked buffers have had their pages given back.
+    trimmed: usize,
+    /// The fewest buffers parked since the last `trim_idle`: the bottom ones of that many
+    /// stayed parked all along.
+    parked_low: usize,
+    huge_pages: crate::HugePages,
     stats: PoolStats,
     built: Built,
 }
@@ -163,6 +176,10 @@ impl Drop for Pool {
         // `Arc` keeps the count above zero here.
         self.shared
             .close(|_| unsafe { Arc::decrement_strong_count(ptr) });
+        for _ in self.parked.drain(..) {
+            // SAFETY: a parked buffer's count is the pool's, as for those on the stack.
+            unsafe { Arc::decrement_strong_count(ptr) };
+        }
         for bid in 0..self.count() as u16 {
             if self.ledger.in_kernel(bid) {
                 self.drop_kernel_ref(bid, false);
@@ -227,15 +244,123 @@ impl Pool {
 
     /// The counters.
     pub fn stats(&self) -> PoolStats {
-        // Derived here rather than counted per completion (hot path). Every buffer is posted
-        // at build; each retirement hands one to the application, each re-post takes it back.
-        let with_app = (self.stats.buffers_retired - self.stats.reposted) as u32;
+        // Derived here rather than counted per completion (hot path). `initial` buffers are
+        // posted at build; each retirement hands one to the application, each re-post takes
+        // one back (from the application or from the parked ones).
+        let in_kernel = self.posted();
+        let parked = self.parked.len() as u32;
         PoolStats {
-            with_app,
-            in_kernel: self.stats.buffers - with_app,
+            with_app: self.count() - in_kernel - parked,
+            in_kernel,
+            parked,
+            posted_target: self.target,
             bytes_retired: self.stats.buffers_retired * u64::from(self.shared.buf_len),
             ..self.stats
         }
+    }
+
+    /// Buffers the kernel holds now (posted, or partly filled).
+    #[inline]
+    fn posted(&self) -> u32 {
+        (u64::from(self.initial) + self.stats.reposted - self.stats.buffers_retired) as u32
+    }
+
+    /// Keeps at most `n` buffers (at least 1, at most [`count`](Self::count)) posted: buffers
+    /// that come back while the kernel holds that many are parked instead of posted, and parked
+    /// buffers are posted again (most recently parked first, whose pages are warm) when the
+    /// kernel holds fewer. Returns the target set. Lowering it takes nothing back from the
+    /// kernel; the buffers park as they return. With the target at the traffic's need, only
+    /// the buffers in use get their pages touched, instead of every buffer the ring rotates
+    /// through. Takes effect at the next [`publish`](Self::publish).
+    pub fn set_posted_target(&mut self, n: u32) -> u32 {
+        self.target = n.clamp(1, self.count());
+        self.target
+    }
+
+    /// The number of buffers the pool keeps posted (see
+    /// [`set_posted_target`](Self::set_posted_target)).
+    pub fn posted_target(&self) -> u32 {
+        self.target
+    }
+
+    /// Gives back to the system the pages of the buffers that stayed parked since the last
+    /// call (`madvise(MADV_DONTNEED)`: they read as zeros when touched again, and cost no RAM
+    /// meanwhile). Call it now and then (the driver does every second); returns the bytes given
+    /// back. Buffers are given back whole pages at a time; pools on explicit huge pages keep
+    /// theirs.
+    pub fn trim_idle(&mut self) -> u64 {
+        let idle = self.parked_low;
+        self.parked_low = self.parked.len();
+        if idle <= self.trimmed {
+            return 0;
+        }
+        let page = crate::mem::page_size();
+        let mut given = 0u64;
+        if self.huge_pages != crate::HugePages::Explicit {
+            for &bid in &self.parked[self.trimmed..idle] {
+                let start = self.shared.buf_addr(bid) as usize;
+                let end = start + self.shared.buf_len as usize;
+                let (a, b) = (start.next_multiple_of(page), end / page * page);
+                if b > a {
+                    // SAFETY: `a..b` lies inside buffer `bid`, which is parked: neither the
+                    // kernel (not posted) nor any chunk (its last one is gone) uses it, and
+                    // MADV_DONTNEED on private anonymous memory only drops its contents.
+                    unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_DONTNEED) };
+                    given += (b - a) as u64;
+                }
+            }
+        }
+        self.trimmed = idle;
+        self.stats.trimmed_bytes += given;
+        given
+    }
+
+    /// Bytes of the pool's buffers that are resident in RAM now (`mincore`): what the pool
+    /// costs in memory, as opposed to the address space it reserves.
+    pub fn resident_bytes(&self) -> crate::Result<u64> {
+        let Some(map) = self.shared.region().mapping() else {
+            return Ok(0);
+        };
+        let page = crate::mem::page_size();
+        let pages = map.len().div_ceil(page);
+        let mut vec = vec![0u8; pages];
+        // SAFETY: the range is our mapping, and `vec` has one byte per page of it.
+        let r = unsafe { libc::mincore(map.as_ptr().cast(), map.len(), vec.as_mut_ptr()) };
+        if r != 0 {
+            return Err(crate::Error::kernel(
+                "mincore of the buffer region",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(vec.iter().filter(|&&b| b & 1 != 0).count() as u64 * page as u64)
+    }
+
+    /// The next release of a buffer's last chunk, on any thread, signals the pool's notify
+    /// eventfd (see the driver). Returns false if buffers already came back (publish instead
+    /// of waiting).
+    pub(crate) fn want_wake(&self) -> bool {
+        self.shared.want_wake()
+    }
+
+    /// Where releases signal once the owner [wants](Self::want_wake) a wake-up.
+    pub(crate) fn set_notify(&self, fd: Arc<std::os::fd::OwnedFd>) {
+        self.shared.set_notify(fd);
+    }
+
+    /// Wake-ups releases sent.
+    pub(crate) fn wakes(&self) -> u32 {
+        self.shared.wakes()
+    }
+
+    /// Entries posted that no completion has shown consumed yet: what the kernel has left to
+    /// select from, as far as the completions seen so far tell.
+    pub(crate) fn unused(&self) -> u32 {
+        u32::from(self.feed.tail().wrapping_sub(self.ledger.head()))
+    }
+
+    /// Whether buffers came back since the last publish.
+    pub(crate) fn has_returns(&self) -> bool {
+        self.shared.has_returns()
     }
 
     /// The pool's copy of the kernel's ring head: every ring position below it has been
@@ -357,9 +482,21 @@ impl Pool {
         if self.shared.has_returns() {
             let shared = Arc::clone(&self.shared);
             shared.drain_returns(|bid| {
-                self.post(bid);
-                self.stats.reposted += 1;
+                if self.posted() < self.target {
+                    self.post(bid);
+                    self.stats.reposted += 1;
+                } else {
+                    self.parked.push(bid);
+                }
             });
+        }
+        while self.posted() < self.target {
+            let Some(bid) = self.parked.pop() else { break };
+            let left = self.parked.len();
+            self.trimmed = self.trimmed.min(left);
+            self.parked_low = self.parked_low.min(left);
+            self.post(bid);
+            self.stats.reposted += 1;
         }
         match &mut self.feed {
             Feed::Ring(ring) => {

@@ -79,6 +79,22 @@ impl Pool {
         with_target!(fd.into(), |fd| opcode::RecvMulti::new(fd, bgid).build())
     }
 
+    /// A multishot receive that the kernel ends (a completion without F_MORE) once `limit`
+    /// bytes have arrived: sqe->optlen, Linux 6.17. A byte budget, where a cancel would race
+    /// with a burst of completions. Older kernels refuse it with EINVAL.
+    #[must_use = "an SQE does nothing until it is pushed"]
+    pub fn recv_multishot_limit(&self, fd: impl Into<Target>, limit: u32) -> squeue::Entry {
+        let e = self.recv_multishot(fd);
+        // The io-uring crate has no setter for optlen: write the field in place.
+        // SAFETY: `Entry` is a repr(C) wrapper around the 64-byte io_uring_sqe, plain old data
+        // in which every bit pattern is a valid value (the kernel checks what it reads); bytes
+        // 44..48 are the optlen/file_index union, which a socket receive does not otherwise use.
+        let mut raw: [u8; 64] = unsafe { std::mem::transmute(e) };
+        raw[44..48].copy_from_slice(&limit.max(1).to_ne_bytes());
+        // SAFETY: as above, any 64 bytes are a valid `Entry` value.
+        unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(raw) }
+    }
+
     /// A bundle receive (IORING_RECVSEND_BUNDLE, Linux 6.10): one completion may cover several
     /// buffers in ring order ([`Completion::Data`](crate::Completion::Data) then carries one
     /// chunk per buffer). From now on the pool accepts completions that span buffers. On

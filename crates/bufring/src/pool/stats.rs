@@ -15,9 +15,18 @@ pub struct PoolStats {
     /// [`Pool::publish`](crate::Pool::publish) writes its entry, so this is exact after every
     /// publish).
     pub in_kernel: u32,
-    /// Buffers retired by the kernel and not yet posted again (their chunks may be gone, and
-    /// the buffers waiting for the next publish).
+    /// Buffers retired by the kernel and not yet posted again or parked (their chunks may be
+    /// gone, and the buffers waiting for the next publish).
     pub with_app: u32,
+    /// Buffers back from the application that the pool keeps out of the ring because the
+    /// kernel already holds [`posted_target`](Self::posted_target) (see
+    /// [`Pool::set_posted_target`](crate::Pool::set_posted_target)).
+    pub parked: u32,
+    /// How many buffers the pool keeps posted.
+    pub posted_target: u32,
+    /// Bytes of parked buffers whose pages were given back to the system
+    /// ([`Pool::trim_idle`](crate::Pool::trim_idle)).
+    pub trimmed_bytes: u64,
     /// The most buffers ever with the application at once.
     pub peak_with_app: u32,
     /// Completions accepted.
