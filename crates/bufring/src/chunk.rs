@@ -59,7 +59,6 @@ pub(crate) struct Shared {
     next: Box<[AtomicU32]>,
     /// Where a release that finds [`WANT`] on the stack signals (an eventfd the owner's
     /// io_uring reads, see the driver); set once.
-    #[cfg(not(loom))]
     notify: std::sync::OnceLock<Arc<std::os::fd::OwnedFd>>,
     /// Wake-ups sent by releases.
     wakes: AtomicU32,
@@ -73,7 +72,6 @@ impl Shared {
             refs: (0..count).map(|_| AtomicU32::new(0)).collect(),
             returns: AtomicU32::new(NIL),
             next: (0..count).map(|_| AtomicU32::new(NIL)).collect(),
-            #[cfg(not(loom))]
             notify: std::sync::OnceLock::new(),
             wakes: AtomicU32::new(0),
         }
@@ -230,7 +228,6 @@ impl Shared {
 
     /// Where releases signal the owner once it [wants](Self::want_wake) a wake-up: an eventfd.
     /// Set once; later calls keep the first.
-    #[cfg(not(loom))]
     pub(crate) fn set_notify(&self, fd: Arc<std::os::fd::OwnedFd>) {
         let _ = self.notify.set(fd);
     }
@@ -242,7 +239,6 @@ impl Shared {
 
     fn wake(&self) {
         self.wakes.fetch_add(1, Ordering::Relaxed);
-        #[cfg(not(loom))]
         if let Some(fd) = self.notify.get() {
             use std::os::fd::AsRawFd;
             let one: u64 = 1;

@@ -215,3 +215,53 @@ fn loom_unbias_with_an_inheriting_chunk() {
         assert_eq!(s.refs(0), 0);
     });
 }
+
+/// The owner asks for a wake-up (the driver about to sleep while receives wait for buffers)
+/// while a chunk is dropped on another thread: either the owner sees the return at once, or the
+/// release wakes it; never neither (a lost wake-up leaves the driver asleep with a buffer
+/// back), and never a wake-up nobody asked for.
+#[test]
+fn loom_a_wanted_wake_is_never_lost() {
+    loom::model(|| {
+        let s = shared(1);
+        let c = retired(&s, 0, 0, 8);
+        let t = thread::spawn(move || drop(c));
+        let armed = s.want_wake();
+        t.join().unwrap();
+        if armed {
+            assert_eq!(
+                s.wakes(),
+                1,
+                "the release found the owner waiting and must wake it"
+            );
+        } else {
+            assert_eq!(s.wakes(), 0);
+            assert!(
+                s.has_returns(),
+                "not armed only because the buffer was back already"
+            );
+        }
+        let mut seen = Vec::new();
+        s.drain_returns(|bid| seen.push(bid));
+        assert_eq!(seen, vec![0]);
+    });
+}
+
+/// Two releases race after the owner asked for a wake-up: one wake-up, both buffers back.
+#[test]
+fn loom_one_wake_for_many_returns() {
+    loom::model(|| {
+        let s = shared(2);
+        let c0 = retired(&s, 0, 0, 8);
+        let c1 = retired(&s, 1, 0, 8);
+        assert!(s.want_wake());
+        let t = thread::spawn(move || drop(c0));
+        drop(c1);
+        t.join().unwrap();
+        assert_eq!(s.wakes(), 1);
+        let mut seen = Vec::new();
+        s.drain_returns(|bid| seen.push(bid));
+        seen.sort_unstable();
+        assert_eq!(seen, vec![0, 1]);
+    });
+}

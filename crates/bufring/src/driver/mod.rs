@@ -382,6 +382,7 @@ impl DriverBuilder {
             }),
             notify,
             wake_armed: false,
+            ready: None,
             multishot_recv: true,
             recv_limit: true,
             multishot_accept: true,
@@ -449,6 +450,9 @@ pub struct Driver {
     notify: Arc<OwnedFd>,
     /// The eventfd read is in flight.
     wake_armed: bool,
+    /// An eventfd registered with the ring (IORING_REGISTER_EVENTFD), made on demand for
+    /// runtimes: readable whenever the driver has work.
+    ready: Option<OwnedFd>,
     /// The kernel takes multishot receives (Linux 6.0); found out at the first refusal.
     multishot_recv: bool,
     /// The kernel takes a byte limit on multishot receives (Linux 6.17); found out likewise.
@@ -874,10 +878,40 @@ impl Driver {
         Ok(())
     }
 
-    /// [`run_once`](Self::run_once) without waiting: what a runtime calls when the driver's fd
-    /// is readable.
+    /// [`run_once`](Self::run_once) without waiting: what a runtime calls when the
+    /// [readiness fd](Self::readiness_fd) is readable.
     pub fn poll(&mut self) -> Result<()> {
+        if let Some(fd) = &self.ready {
+            // Drain the counter first: work that arrives after this read signals it again.
+            let mut word = 0u64;
+            // SAFETY: reads at most 8 bytes into a live u64 from an eventfd we own.
+            unsafe { libc::read(fd.as_raw_fd(), (&mut word as *mut u64).cast(), 8) };
+        }
         self.run_once(Some(Duration::ZERO))
+    }
+
+    /// An fd that polls readable whenever the driver has work (completions, deferred task
+    /// work, a [wake-up](DriverWaker)): register it with a runtime's reactor (level or edge
+    /// triggered), and call [`poll`](Self::poll) when it is readable. An eventfd registered with
+    /// the ring (IORING_REGISTER_EVENTFD), made on the first call. Unlike the ring's own fd, it
+    /// also signals work deferred by IORING_SETUP_DEFER_TASKRUN, which the kernel runs only when
+    /// the driver enters the ring.
+    pub fn readiness_fd(&mut self) -> Result<BorrowedFd<'_>> {
+        if self.ready.is_none() {
+            // SAFETY: eventfd has no memory-safety preconditions.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+            if fd < 0 {
+                return Err(Error::kernel("eventfd", io::Error::last_os_error()));
+            }
+            // SAFETY: a fresh fd that nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            self.ring
+                .submitter()
+                .register_eventfd(fd.as_raw_fd())
+                .map_err(|e| Error::kernel("register eventfd", e))?;
+            self.ready = Some(fd);
+        }
+        Ok(self.ready.as_ref().expect("just made").as_fd())
     }
 
     /// The next event, if any.
@@ -1694,9 +1728,19 @@ impl Driver {
     }
 }
 
+/// Test hooks (feature `model`).
+#[cfg(feature = "model")]
+impl Driver {
+    /// The user_data of `s`'s receive in flight, if any: what a forged completion would name.
+    pub fn recv_user_data(&self, s: SocketId) -> Option<u64> {
+        self.sock(s).ok()?.recv_op
+    }
+}
+
 impl AsRawFd for Driver {
-    /// The ring's fd: readable when completions wait (poll it from a runtime, then call
-    /// [`Driver::poll`]).
+    /// The ring's fd. It polls readable when completions wait, but with
+    /// IORING_SETUP_DEFER_TASKRUN (the default) not when work the kernel deferred to the driver
+    /// arrives: runtimes should poll [`Driver::readiness_fd`] instead.
     fn as_raw_fd(&self) -> RawFd {
         self.ring.as_raw_fd()
     }
