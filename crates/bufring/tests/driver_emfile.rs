@@ -70,7 +70,7 @@ fn emfile_pauses_accepting_without_spinning_and_recovers() {
     );
     let first = accepted.len();
     assert!(
-        first >= 1 && first < 8,
+        (1..8).contains(&first),
         "accepted {first} of 8 with the limit at {}",
         open + 1
     );

@@ -1,0 +1,157 @@
+//! The buffer policy, applied once per batch of completions: publish, adjust the posted
+//! target (elastic posting), re-arm waiting receives first come first served, spill when the
+//! pool is dry, ask for a wake-up, and report idle sockets.
+
+use super::*;
+
+impl Driver {
+    pub(super) fn after_batch(&mut self) {
+        let now = Instant::now();
+        for pi in 0..self.pools.len() {
+            self.settle_pool(pi);
+        }
+        if now >= self.window_start + self.cfg.window {
+            self.window_start = now;
+            for p in &mut self.pools {
+                if let Some(t) = p.elastic.on_window() {
+                    p.pool.set_posted_target(t);
+                    self.stats.target_changes += 1;
+                }
+                p.pool.trim_idle();
+            }
+        }
+        if self.next_idle_check.is_some_and(|t| now >= t) {
+            self.check_idle(now);
+        }
+        if self.accept_retry.is_some_and(|t| now >= t) {
+            self.resume_accepts();
+        }
+    }
+
+    /// Publishes returned buffers, adjusts the posted target, starts waiting receives again
+    /// (first come, first served), spills when nothing else can free a buffer, and asks for a
+    /// wake-up when receives still wait.
+    pub(super) fn settle_pool(&mut self, pi: usize) {
+        for _round in 0..3 {
+            let p = &mut self.pools[pi];
+            p.pool.publish();
+            let starved = std::mem::take(&mut p.starved);
+            if let Some(t) = p.elastic.on_batch(p.pool.unused(), starved) {
+                p.pool.set_posted_target(t);
+                p.pool.publish();
+                self.stats.target_changes += 1;
+            }
+            self.rearm_waiting(pi);
+            let p = &mut self.pools[pi];
+            if p.waiting.is_empty() {
+                return;
+            }
+            let s = p.pool.stats();
+            if p.pool.unused() == 0 && s.parked == 0 && s.posted_target == s.buffers {
+                // Dry: every buffer is with the application or partly filled. Free one.
+                self.spill(pi);
+                if self.pools[pi].pool.has_returns() {
+                    continue;
+                }
+            }
+            if self.pools[pi].pool.want_wake() {
+                return;
+            }
+            // Buffers came back meanwhile: go round again.
+        }
+    }
+
+    /// Starts receives that waited for buffers, in the order they ran out, as many as the
+    /// buffers the kernel has left can feed.
+    pub(super) fn rearm_waiting(&mut self, pi: usize) {
+        let p = &self.pools[pi];
+        let unused = p.pool.unused() as usize;
+        let mut budget = if p.pool.is_incremental() {
+            unused * 8
+        } else {
+            unused
+        };
+        while budget > 0 {
+            let Some((idx, gen)) = self.pools[pi].waiting.pop_front() else {
+                break;
+            };
+            let slot = &self.sockets[idx as usize];
+            let valid = slot.gen == gen
+                && slot
+                    .sock
+                    .as_ref()
+                    .is_some_and(|s| !s.closing && s.recv == RecvState::Waiting);
+            if !valid {
+                continue;
+            }
+            self.stats.rearms_after_wait += 1;
+            self.arm_recv(idx);
+            budget -= 1;
+        }
+    }
+
+    /// Moves chunks the driver holds to the heap, largest holder first, until a buffer of pool
+    /// `pi` comes back. If none does, cancels sends in flight that hold pool chunks, so that
+    /// theirs can move when they complete.
+    pub(super) fn spill(&mut self, pi: usize) {
+        let mut holders: Vec<(usize, u32)> = self
+            .sockets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.sock.as_ref().map(|s| (s.pool_bytes(), i as u32)))
+            .filter(|&(b, _)| b > 0)
+            .collect();
+        holders.sort_unstable_by(|a, b| b.cmp(a));
+        for &(_, idx) in &holders {
+            let (chunks, bytes) = self.at(idx).spill();
+            self.stats.spilled_chunks += chunks as u64;
+            self.stats.spilled_bytes += bytes as u64;
+            if self.pools[pi].pool.has_returns() {
+                return;
+            }
+        }
+        for &(_, idx) in &holders {
+            let sock = self.at(idx);
+            if sock.sending > 0
+                && !sock.spill_cancel
+                && sock.tx.iter().take(sock.sending).any(|c| c.in_pool())
+            {
+                sock.spill_cancel = true;
+                let ud = sock.send_op.expect("a send is in flight");
+                self.stats.spill_cancels += 1;
+                self.cancel(ud, Some(idx));
+            }
+        }
+    }
+
+    pub(super) fn check_idle(&mut self, now: Instant) {
+        self.next_idle_check = None;
+        if self.idle_sockets == 0 {
+            return;
+        }
+        let mut next: Option<Instant> = None;
+        for idx in 0..self.sockets.len() as u32 {
+            let Some(sock) = self.sockets[idx as usize].sock.as_mut() else {
+                continue;
+            };
+            let Some(t) = sock.idle_timeout else { continue };
+            if sock.closing {
+                continue;
+            }
+            if !sock.idle_signalled && now >= sock.active + t {
+                sock.idle_signalled = true;
+                self.stats.idle_timeouts += 1;
+                let id = self.id_of(idx);
+                self.events.push_back(Event::Idle { socket: id });
+            }
+            let sock = self.sockets[idx as usize].sock.as_ref().expect("live");
+            let check = if sock.idle_signalled {
+                now + (t / 4).max(Duration::from_millis(10))
+            } else {
+                (sock.active + t).max(now + Duration::from_millis(1))
+            };
+            next = Some(next.map_or(check, |n| n.min(check)));
+        }
+        self.next_idle_check = next;
+    }
+}

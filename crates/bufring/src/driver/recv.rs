@@ -1,0 +1,220 @@
+//! Receiving: a socket's receive requests (multishot, limited to its quota where the kernel
+//! can), their completions turned into the receive queue, and reads from it.
+
+use super::*;
+
+impl Driver {
+    /// Starts receiving on `s` into buffers of `pool`: what arrives is queued for
+    /// [`read`](Self::read), announced by [`Event::Readable`].
+    pub fn recv(&mut self, s: SocketId, pool: PoolId) -> Result<()> {
+        let idx = self.live(s)?;
+        if pool.0 >= self.pools.len() {
+            return Err(Error::NotOpen { what: "pool" });
+        }
+        let sock = self.at(idx);
+        if sock.recv != RecvState::Off {
+            return Err(Error::InvalidState {
+                op: "recv",
+                reason: "the socket is already receiving",
+            });
+        }
+        if sock.end.is_some() {
+            return Err(Error::InvalidState {
+                op: "recv",
+                reason: "the socket's stream has ended",
+            });
+        }
+        sock.pool = pool.0;
+        sock.recv = RecvState::Paused;
+        self.pools[pool.0].receivers += 1;
+        self.arm_recv(idx);
+        Ok(())
+    }
+
+    /// Takes the next item of `s`'s receive queue: data in stream order, then the end (once),
+    /// then nothing. `Ok(None)` means nothing has arrived yet.
+    pub fn read(&mut self, s: SocketId) -> Result<Option<Received>> {
+        let idx = self.live(s)?;
+        let sock = self.at(idx);
+        if let Some(c) = sock.rx.pop_front() {
+            sock.rx_bytes -= c.len();
+            if sock.rx.is_empty() {
+                sock.throttled = false;
+                if sock.end.is_none() {
+                    sock.signalled = false;
+                }
+            }
+            if sock.recv == RecvState::Paused {
+                let pool = self.at(idx).pool;
+                let quota = self.quota(pool);
+                if self.at(idx).rx_bytes <= quota / 2 {
+                    self.arm_recv(idx);
+                }
+            }
+            return Ok(Some(Received::Data(c)));
+        }
+        sock.signalled = false;
+        Ok(match sock.end.take() {
+            Some(End::Eof) => Some(Received::End),
+            Some(End::Error(e)) => Some(Received::Error(e)),
+            None => None,
+        })
+    }
+
+    /// Bytes received on `s` and not yet read.
+    pub fn queued(&self, s: SocketId) -> Result<usize> {
+        Ok(self.sock(s)?.rx_bytes)
+    }
+
+    pub(super) fn quota(&self, pool: usize) -> usize {
+        let p = &self.pools[pool];
+        let bytes = u64::from(p.pool.count()) * u64::from(p.pool.buf_len());
+        policy::quota(bytes, p.receivers, self.cfg.quota.0, self.cfg.quota.1)
+    }
+
+    /// Submits a receive for a socket that wants one (`Paused` or `Waiting`): multishot,
+    /// limited to the room left under its quota where the kernel can; single-shot on kernels
+    /// without multishot receives, and for a socket that went over its quota on kernels without
+    /// the limit.
+    pub(super) fn arm_recv(&mut self, idx: u32) {
+        let (multishot, limit) = (self.multishot_recv, self.recv_limit);
+        let pool = self.at(idx).pool;
+        let quota = self.quota(pool);
+        let sock = self.at(idx);
+        let Some(fd) = sock.fd.as_ref().map(|f| f.as_raw_fd()) else {
+            return;
+        };
+        sock.recv = RecvState::Armed;
+        sock.inflight += 1;
+        let room = quota
+            .saturating_sub(sock.rx_bytes)
+            .clamp(1, u32::MAX as usize) as u32;
+        let throttled = sock.throttled;
+        let p = &self.pools[pool].pool;
+        let (e, multishot, limited) = if !multishot || (throttled && !limit) {
+            (p.recv(fd), false, false)
+        } else if limit {
+            (p.recv_multishot_limit(fd, room), true, true)
+        } else {
+            (p.recv_multishot(fd), true, false)
+        };
+        let ud = self.ops.insert(Op::Recv {
+            sock: idx,
+            pool,
+            multishot,
+            limited,
+        });
+        self.at(idx).recv_op = Some(ud);
+        // SAFETY: the pool lives as long as the driver, whose drop waits for every request (or
+        // leaks the pool); the fd stays open until the socket's requests have ended.
+        unsafe { self.push(e.user_data(ud)) };
+    }
+
+    /// A receive's completion; `how` is (multishot, limited) as it was submitted.
+    pub(super) fn on_recv(&mut self, ud: u64, idx: u32, pool: usize, how: (bool, bool), cqe: Cqe) {
+        let more = cqe.more();
+        if !more {
+            self.ops.remove(ud);
+            let sock = self.at(idx);
+            sock.inflight -= 1;
+            sock.recv_op = None;
+        }
+        // SAFETY: this CQE was reaped from the driver's ring, where the pool is registered; its
+        // user_data names a live receive the driver submitted on this pool (stale or unknown
+        // user_data never gets here), and each CQE is dispatched once.
+        let completion = unsafe { self.pools[pool].pool.complete(cqe) };
+        let quota = self.quota(pool);
+        let sock = self.at(idx);
+        if sock.closing {
+            drop(completion);
+            if !more {
+                sock.recv = RecvState::Off;
+                self.maybe_free(idx);
+            }
+            return;
+        }
+        let ended = !more && matches!(sock.recv, RecvState::Armed | RecvState::Cancelling);
+        match completion {
+            Err(_) => self.stats.rejected += 1,
+            Ok(Completion::Data { chunks, .. }) => {
+                for c in chunks {
+                    sock.rx_bytes += c.len();
+                    sock.rx.push_back(c);
+                }
+                sock.active = Instant::now();
+                sock.idle_signalled = false;
+                if !sock.signalled {
+                    sock.signalled = true;
+                    let id = self.id_of(idx);
+                    self.events.push_back(Event::Readable { socket: id });
+                }
+                let sock = self.at(idx);
+                if more && sock.recv == RecvState::Armed && sock.rx_bytes >= quota {
+                    sock.recv = RecvState::Cancelling;
+                    sock.throttled = true;
+                    self.stats.quota_pauses += 1;
+                    self.cancel(ud, Some(idx));
+                }
+            }
+            Ok(Completion::EndOfStream) => {
+                self.end_recv(idx, End::Eof);
+                return;
+            }
+            Ok(Completion::NoBuffers) => {
+                let gen = self.sockets[idx as usize].gen;
+                self.at(idx).recv = RecvState::Waiting;
+                let p = &mut self.pools[pool];
+                p.waiting.push_back((idx, gen));
+                p.starved = true;
+                return;
+            }
+            Ok(Completion::Failed(e)) => match e.raw_os_error() {
+                Some(libc::ECANCELED) => {}
+                Some(libc::EINVAL) if how.1 => {
+                    // No byte limit on multishot receives on this kernel.
+                    self.recv_limit = false;
+                }
+                Some(libc::EINVAL) if how.0 => {
+                    // No multishot receives on this kernel: one receive per completion.
+                    self.multishot_recv = false;
+                }
+                _ => {
+                    self.end_recv(idx, End::Error(e));
+                    return;
+                }
+            },
+        }
+        if ended {
+            // The receive ended (a quota cancel, a full completion queue, a single-shot
+            // receive): start it again unless the queue is over its quota.
+            let sock = self.at(idx);
+            sock.recv = RecvState::Paused;
+            if sock.rx_bytes < quota {
+                self.arm_recv(idx);
+            }
+        }
+    }
+
+    /// The stream ended (end of file, or an error): queue the end after the data.
+    pub(super) fn end_recv(&mut self, idx: u32, end: End) {
+        let sock = self.at(idx);
+        let was_on = sock.recv != RecvState::Off;
+        sock.end = Some(end);
+        let pool = sock.pool;
+        if let Some(ud) = sock.recv_op {
+            // A multishot ended early by an error still has its final completion to come.
+            self.cancel(ud, Some(idx));
+        }
+        let sock = self.at(idx);
+        sock.recv = RecvState::Off;
+        let notify = !sock.signalled;
+        sock.signalled = true;
+        if was_on {
+            self.pools[pool].receivers -= 1;
+        }
+        if notify {
+            let id = self.id_of(idx);
+            self.events.push_back(Event::Readable { socket: id });
+        }
+    }
+}

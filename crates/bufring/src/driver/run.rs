@@ -1,0 +1,330 @@
+//! Running the ring: waiting, submitting (with a backlog when the kernel is busy), reaping and
+//! routing every completion by user_data, timers, the eventfds, and the drop that waits for
+//! every request.
+
+use super::*;
+
+impl Driver {
+    /// Fires [`Event::Timer`] after `after` (an io_uring timeout).
+    pub fn timer(&mut self, after: Duration) -> TimerId {
+        let ts = ops::timespec(after);
+        let e = opcode::Timeout::new(&*ts).build();
+        let ud = self.ops.insert(Op::Timer { _ts: ts });
+        // SAFETY: the timespec is boxed in the op until the timeout's completion.
+        unsafe { self.push(e.user_data(ud)) };
+        TimerId(ud)
+    }
+
+    /// Cancels a timer that has not fired yet (no event then).
+    pub fn cancel_timer(&mut self, t: TimerId) {
+        if matches!(self.ops.get(t.0), Some(Op::Timer { .. })) {
+            let e = opcode::TimeoutRemove::new(t.0).build();
+            let ud = self.ops.insert(Op::TimerRemove);
+            // SAFETY: a timeout removal points at nothing.
+            unsafe { self.push(e.user_data(ud)) };
+        }
+    }
+
+    /// A handle that wakes this driver from any thread.
+    pub fn waker(&self) -> DriverWaker {
+        DriverWaker {
+            inner: Arc::clone(&self.waker),
+        }
+    }
+
+    /// Submits what is queued, waits for at least one completion (at most `timeout`, if given;
+    /// not at all if events are waiting), handles every completion there is, and applies the
+    /// buffer policy. Then take the events with [`next_event`](Self::next_event).
+    pub fn run_once(&mut self, timeout: Option<Duration>) -> Result<()> {
+        let wait = if self.events.is_empty() {
+            self.deadline(timeout)
+        } else {
+            Some(Duration::ZERO)
+        };
+        self.submit(wait)?;
+        self.reap_and_settle();
+        Ok(())
+    }
+
+    /// [`run_once`](Self::run_once) without waiting: what a runtime calls when the
+    /// [readiness fd](Self::readiness_fd) is readable.
+    pub fn poll(&mut self) -> Result<()> {
+        if let Some(fd) = &self.ready {
+            // Drain the counter first: work that arrives after this read signals it again.
+            let mut word = 0u64;
+            // SAFETY: reads at most 8 bytes into a live u64 from an eventfd we own.
+            unsafe { libc::read(fd.as_raw_fd(), (&mut word as *mut u64).cast(), 8) };
+        }
+        self.run_once(Some(Duration::ZERO))
+    }
+
+    /// An fd that polls readable whenever the driver has work (completions, deferred task
+    /// work, a [wake-up](DriverWaker)): register it with a runtime's reactor (level or edge
+    /// triggered), and call [`poll`](Self::poll) when it is readable. An eventfd registered with
+    /// the ring (IORING_REGISTER_EVENTFD), made on the first call. Unlike the ring's own fd, it
+    /// also signals work deferred by IORING_SETUP_DEFER_TASKRUN, which the kernel runs only when
+    /// the driver enters the ring.
+    pub fn readiness_fd(&mut self) -> Result<BorrowedFd<'_>> {
+        if self.ready.is_none() {
+            // SAFETY: eventfd has no memory-safety preconditions.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+            if fd < 0 {
+                return Err(Error::kernel("eventfd", io::Error::last_os_error()));
+            }
+            // SAFETY: a fresh fd that nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            self.ring
+                .submitter()
+                .register_eventfd(fd.as_raw_fd())
+                .map_err(|e| Error::kernel("register eventfd", e))?;
+            self.ready = Some(fd);
+        }
+        Ok(self.ready.as_ref().expect("just made").as_fd())
+    }
+
+    /// The next event, if any.
+    pub fn next_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// How long the next wait may last: the caller's timeout, cut short by the driver's own
+    /// deadlines (idle checks, the elastic window, an accept retry).
+    pub(super) fn deadline(&self, timeout: Option<Duration>) -> Option<Duration> {
+        let now = Instant::now();
+        let mut at: Option<Instant> = timeout.map(|t| now + t);
+        let mut cut = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
+        if let Some(t) = self.next_idle_check {
+            cut(t);
+        }
+        if let Some(t) = self.accept_retry {
+            cut(t);
+        }
+        if self
+            .pools
+            .iter()
+            .any(|p| p.elastic.target > p.elastic.min || p.pool.stats().parked > 0)
+        {
+            cut(self.window_start + self.cfg.window);
+        }
+        at.map(|a| a.saturating_duration_since(now))
+    }
+
+    pub(super) fn submit(&mut self, wait: Option<Duration>) -> Result<()> {
+        if let Some(e) = self.submit_error.take() {
+            return Err(Error::kernel("io_uring_enter", e));
+        }
+        self.flush_backlog();
+        let want = usize::from(wait != Some(Duration::ZERO));
+        let r = match wait {
+            Some(t) if want == 1 => {
+                let ts = Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
+                let args = SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+            Some(_) => self.ring.submit(),
+            None => self.ring.submit_and_wait(1),
+        };
+        match r {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(Error::kernel("io_uring_enter", e)),
+        }
+    }
+
+    /// Queues an SQE, submitting first if the queue is full. If the kernel will not take
+    /// submissions (EBUSY: completions wait in its overflow list), the SQE waits in `backlog`,
+    /// and so does every later one, to keep their order.
+    ///
+    /// # Safety
+    /// Whatever the entry points at stays valid until its last completion: it is owned by the
+    /// op its user_data names (freed only at that completion), by a socket whose in-flight
+    /// count includes the request (freed only at zero), or by the driver.
+    pub(super) unsafe fn push(&mut self, e: squeue::Entry) {
+        if self.backlog.is_empty() {
+            loop {
+                // SAFETY: passed on from the caller.
+                if unsafe { self.ring.submission().push(&e) }.is_ok() {
+                    return;
+                }
+                match self.ring.submit() {
+                    Ok(_) => {}
+                    Err(err) if err.raw_os_error() == Some(libc::EINTR) => {}
+                    Err(err) if err.raw_os_error() == Some(libc::EBUSY) => break,
+                    Err(err) => {
+                        self.submit_error = Some(err);
+                        break;
+                    }
+                }
+            }
+        }
+        self.backlog.push_back(e);
+    }
+
+    pub(super) fn flush_backlog(&mut self) {
+        while let Some(e) = self.backlog.front() {
+            // SAFETY: the entry was vouched for when it was pushed (see `push`).
+            if unsafe { self.ring.submission().push(e) }.is_err() {
+                if self.ring.submit().is_err() {
+                    return;
+                }
+                continue;
+            }
+            self.backlog.pop_front();
+        }
+    }
+
+    pub(super) fn reap_and_settle(&mut self) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        loop {
+            cqes.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            if cqes.is_empty() {
+                break;
+            }
+            self.stats.completions += cqes.len() as u64;
+            for &(ud, res, flags) in &cqes {
+                self.dispatch(ud, res, flags);
+            }
+            cqes.clear();
+            self.flush_backlog();
+        }
+        self.cqes = cqes;
+        self.after_batch();
+    }
+
+    pub(super) fn dispatch(&mut self, ud: u64, res: i32, flags: u32) {
+        let more = Cqe::new(res, flags).more();
+        let Some(op) = self.ops.get(ud) else {
+            self.stats.stray += 1;
+            return;
+        };
+        match *op {
+            Op::Recv {
+                sock,
+                pool,
+                multishot,
+                limited,
+            } => {
+                let how = (multishot, limited);
+                self.on_recv(ud, sock, pool, how, Cqe::new(res, flags));
+            }
+            Op::Accept { listener } => self.on_accept(ud, listener as usize, res, more),
+            Op::Send { sock } => {
+                self.ops.remove(ud);
+                self.on_send(sock, res);
+            }
+            Op::Connect { sock, .. } => {
+                self.ops.remove(ud);
+                self.on_connect(sock, res);
+            }
+            Op::ConnectTimeout { .. } => {
+                // The connect's own completion says what happened; this one only ends.
+                self.ops.remove(ud);
+            }
+            Op::Cancel { sock } => {
+                self.ops.remove(ud);
+                if let Some(idx) = sock {
+                    self.at(idx).inflight -= 1;
+                    self.maybe_free(idx);
+                }
+            }
+            Op::Timer { .. } => {
+                if !more {
+                    self.ops.remove(ud);
+                }
+                if res != -libc::ECANCELED {
+                    self.events.push_back(Event::Timer { timer: TimerId(ud) });
+                }
+            }
+            Op::TimerRemove => {
+                self.ops.remove(ud);
+            }
+            Op::Wake { .. } => {
+                self.ops.remove(ud);
+                self.wake_armed = false;
+                if self.waker.woken.swap(false, Ordering::Acquire) {
+                    self.events.push_back(Event::Woken);
+                }
+                self.arm_wake();
+            }
+        }
+    }
+
+    pub(super) fn arm_wake(&mut self) {
+        if self.wake_armed {
+            return;
+        }
+        let mut word = Box::new(0u64);
+        let e = opcode::Read::new(
+            Fd(self.notify.as_raw_fd()),
+            (&mut *word as *mut u64).cast(),
+            8,
+        )
+        .build();
+        let ud = self.ops.insert(Op::Wake { _word: word });
+        self.wake_armed = true;
+        // SAFETY: the word is boxed in the op until the read's completion; the eventfd lives
+        // as long as the driver (and longer, in the `Arc`s).
+        unsafe { self.push(e.user_data(ud)) };
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Cancel everything and wait (bounded) for the last completions, so that no memory the
+        // kernel may still use is freed.
+        let live: Vec<u64> = self.ops.user_data().collect();
+        for ud in live {
+            let e = opcode::AsyncCancel::new(ud).build();
+            // Cancels carry the reserved user_data u64::MAX: they name no op.
+            // SAFETY: a cancel points at nothing.
+            unsafe { self.push(e.user_data(u64::MAX)) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.ops.live() > 0 && Instant::now() < deadline {
+            if self.submit(Some(Duration::from_millis(50))).is_err() {
+                break;
+            }
+            let cqes: Vec<(u64, bool)> = self
+                .ring
+                .completion()
+                .map(|c| (c.user_data(), Cqe::new(c.result(), c.flags()).more()))
+                .collect();
+            for (ud, more) in cqes {
+                if !more {
+                    self.ops.remove(ud);
+                }
+            }
+            self.flush_backlog();
+        }
+        if self.ops.live() > 0 {
+            // Some request would not end: the kernel may still use what it points at. Keep all
+            // of it (ops, sockets and their chunks, pools) mapped for good.
+            let mut bytes = 0usize;
+            for op in self.ops.drain() {
+                std::mem::forget(op);
+            }
+            for slot in self.sockets.drain(..) {
+                if let Some(s) = slot.sock {
+                    bytes += s.pool_bytes();
+                    std::mem::forget(s);
+                }
+            }
+            for p in self.pools.drain(..) {
+                bytes += p.pool.count() as usize * p.pool.buf_len() as usize;
+                std::mem::forget(p);
+            }
+            crate::pool::record_leak(bytes);
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Sending from chunks: a socket's send queue, one send or sendmsg in flight at a time,
+//! partial sends resumed, then shutdown or close once the queue is empty.
+
+use super::*;
+
+impl Driver {
+    /// Queues `chunk` to send on `s` (straight from its memory, no copy); the driver keeps it
+    /// until it has been sent, resuming partial sends. [`Event::Sent`] tells when the queue is
+    /// empty.
+    pub fn send(&mut self, s: SocketId, chunk: Chunk) -> Result<()> {
+        self.send_all(s, std::iter::once(chunk))
+    }
+
+    /// Queues several chunks to send on `s`, in order (sent together with sendmsg when more
+    /// than one waits).
+    pub fn send_all(&mut self, s: SocketId, chunks: impl IntoIterator<Item = Chunk>) -> Result<()> {
+        let idx = self.live(s)?;
+        let sock = self.at(idx);
+        if sock.shutdown || sock.close_after_send {
+            return Err(Error::InvalidState {
+                op: "send",
+                reason: "the socket's write side is shut down",
+            });
+        }
+        for c in chunks {
+            if !c.is_empty() {
+                sock.tx_bytes += c.len();
+                sock.tx.push_back(c);
+            }
+        }
+        self.start_send(idx);
+        Ok(())
+    }
+
+    /// Queues `bytes` to send on `s`, without copying them (see [`send`](Self::send)).
+    pub fn send_bytes(&mut self, s: SocketId, bytes: Vec<u8>) -> Result<()> {
+        let chunk = Chunk::try_from(bytes).map_err(|_| Error::InvalidState {
+            op: "send_bytes",
+            reason: "more than 4 GiB at once",
+        })?;
+        self.send(s, chunk)
+    }
+
+    /// Bytes queued to send on `s` and not yet sent.
+    pub fn unsent(&self, s: SocketId) -> Result<usize> {
+        Ok(self.sock(s)?.tx_bytes)
+    }
+
+    /// Shuts `s`'s write side down (the peer reads end of stream) once everything queued is
+    /// sent. Receiving goes on.
+    pub fn shutdown(&mut self, s: SocketId) -> Result<()> {
+        let idx = self.live(s)?;
+        self.at(idx).shutdown = true;
+        self.finish_sends(idx);
+        Ok(())
+    }
+
+    /// Sends the front of the queue if nothing is in flight: one `send` for one chunk, one
+    /// `sendmsg` over up to 64 chunks.
+    pub(super) fn start_send(&mut self, idx: u32) {
+        let sock = self.at(idx);
+        if sock.sending > 0 || sock.tx.is_empty() || sock.closing || sock.connecting {
+            return;
+        }
+        let Some(fd) = sock.fd.as_ref().map(|f| f.as_raw_fd()) else {
+            return;
+        };
+        let e = if sock.tx.len() == 1 {
+            let c = &sock.tx[0];
+            sock.sending = 1;
+            opcode::Send::new(Fd(fd), c.as_ptr(), c.len() as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+        } else {
+            let batch = sock.batch.get_or_insert_with(|| {
+                // SAFETY: msghdr and iovec are plain old data; all zero (null pointers, zero
+                // lengths) is a valid value.
+                Box::new(unsafe { std::mem::zeroed::<Batch>() })
+            });
+            let n = sock.tx.len().min(MAX_IOV);
+            for (iov, c) in batch.iov.iter_mut().zip(sock.tx.iter()) {
+                iov.iov_base = c.as_ptr() as *mut libc::c_void;
+                iov.iov_len = c.len();
+            }
+            batch.msg.msg_iov = batch.iov.as_mut_ptr();
+            batch.msg.msg_iovlen = n;
+            sock.sending = n;
+            opcode::SendMsg::new(Fd(fd), &batch.msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+        };
+        sock.inflight += 1;
+        let ud = self.ops.insert(Op::Send { sock: idx });
+        self.at(idx).send_op = Some(ud);
+        // SAFETY: the chunks stay in the socket's queue, and the boxed batch in the socket,
+        // until this send completes: nothing removes the first `sending` chunks before then
+        // (spills skip them; a closing socket keeps them), and the socket is freed only when
+        // its in-flight count is zero.
+        unsafe { self.push(e.user_data(ud)) };
+    }
+
+    pub(super) fn on_send(&mut self, idx: u32, res: i32) {
+        let sock = self.at(idx);
+        sock.inflight -= 1;
+        sock.sending = 0;
+        sock.send_op = None;
+        if sock.closing {
+            sock.tx.clear();
+            sock.tx_bytes = 0;
+            self.maybe_free(idx);
+            return;
+        }
+        if res > 0 {
+            sock.consume_sent(res as usize);
+            sock.active = Instant::now();
+            sock.idle_signalled = false;
+        }
+        if std::mem::take(&mut sock.spill_cancel) && (res >= 0 || res == -libc::ECANCELED) {
+            let (chunks, bytes) = sock.spill();
+            self.stats.spilled_chunks += chunks as u64;
+            self.stats.spilled_bytes += bytes as u64;
+        } else if res <= 0 {
+            let error = if res == 0 {
+                io_err(libc::EPIPE)
+            } else {
+                io_err(-res)
+            };
+            sock.tx.clear();
+            sock.tx_bytes = 0;
+            let id = self.id_of(idx);
+            self.events
+                .push_back(Event::SendFailed { socket: id, error });
+            if self.at(idx).close_after_send {
+                self.teardown(idx, true);
+            }
+            return;
+        }
+        if self.at(idx).tx.is_empty() {
+            self.finish_sends(idx);
+        } else {
+            self.start_send(idx);
+        }
+    }
+
+    /// The send queue is empty: report it, then shut down or close if that was asked for.
+    pub(super) fn finish_sends(&mut self, idx: u32) {
+        let sock = self.at(idx);
+        if !sock.tx.is_empty() || sock.sending > 0 {
+            return;
+        }
+        let (shutdown, close) = (sock.shutdown, sock.close_after_send);
+        if shutdown {
+            if let Some(fd) = &sock.fd {
+                // SAFETY: shutdown(2) on an fd we own has no memory-safety preconditions.
+                unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) };
+            }
+        }
+        let id = self.id_of(idx);
+        self.events.push_back(Event::Sent { socket: id });
+        if close {
+            self.teardown(idx, false);
+        }
+    }
+}
