@@ -6,7 +6,7 @@ use super::*;
 
 impl Driver {
     pub(super) fn after_batch(&mut self) {
-        let now = Instant::now();
+        let now = self.now;
         for pi in 0..self.pools.len() {
             self.settle_pool(pi);
         }

@@ -161,6 +161,7 @@ impl DriverBuilder {
             stats: DriverStats::default(),
             cqes: Vec::new(),
             window_start: Instant::now(),
+            now: Instant::now(),
             next_idle_check: None,
             idle_sockets: 0,
             accept_retry: None,

@@ -301,6 +301,8 @@ pub struct Driver {
     stats: DriverStats,
     cqes: Vec<(u64, i32, u32)>,
     window_start: Instant,
+    /// When the current batch of completions was reaped.
+    now: Instant,
     next_idle_check: Option<Instant>,
     /// Sockets with an idle timeout.
     idle_sockets: usize,

@@ -123,7 +123,7 @@ impl Driver {
         // user_data names a live receive the driver submitted on this pool (stale or unknown
         // user_data never gets here), and each CQE is dispatched once.
         let completion = unsafe { self.pools[pool].pool.complete(cqe) };
-        let quota = self.quota(pool);
+        let (quota, now) = (self.quota(pool), self.now);
         let sock = self.at(idx);
         if sock.closing {
             drop(completion);
@@ -141,7 +141,7 @@ impl Driver {
                     sock.rx_bytes += c.len();
                     sock.rx.push_back(c);
                 }
-                sock.active = Instant::now();
+                sock.active = now;
                 sock.idle_signalled = false;
                 if !sock.signalled {
                     sock.signalled = true;

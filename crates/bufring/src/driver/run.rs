@@ -181,6 +181,8 @@ impl Driver {
     }
 
     pub(super) fn reap_and_settle(&mut self) {
+        // One clock read per batch: what the completions' handlers and the policy call "now".
+        self.now = Instant::now();
         let mut cqes = std::mem::take(&mut self.cqes);
         loop {
             cqes.extend(

@@ -100,6 +100,7 @@ impl Driver {
     }
 
     pub(super) fn on_send(&mut self, idx: u32, res: i32) {
+        let now = self.now;
         let sock = self.at(idx);
         sock.inflight -= 1;
         sock.sending = 0;
@@ -112,7 +113,7 @@ impl Driver {
         }
         if res > 0 {
             sock.consume_sent(res as usize);
-            sock.active = Instant::now();
+            sock.active = now;
             sock.idle_signalled = false;
         }
         if std::mem::take(&mut sock.spill_cancel) && (res >= 0 || res == -libc::ECANCELED) {
