@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bufring::driver::{Driver, DriverBuilder, Event, PoolId, Received, SocketId};
-use bufring::{Error, Incremental, Pool};
+use bufring::{Backend, Error, Incremental, Pool};
 use common::{Checker, Pattern};
 
 /// A driver, or `None` (and a message) where the kernel refuses io_uring.
@@ -154,6 +154,38 @@ fn echo_server_serves_many_clients_verified() {
     assert_eq!(s.sockets, 0);
     assert_eq!(s.stray, 0);
     assert_eq!(s.rejected, 0);
+}
+
+/// Proves the driver serves a pool on legacy provided buffers (what `Backend::Auto` picks
+/// before Linux 5.19) with the same code: it hands the buffers over with PROVIDE_BUFFERS after
+/// each publish, and takes them back when it goes, so nothing leaks.
+#[test]
+fn echo_server_on_legacy_provided_buffers() {
+    let Some(mut d) = driver(Driver::builder()) else { return };
+    let before = bufring::leaks();
+    let pool = d
+        .add_pool(Pool::builder(0).count(32).buf_len(16 * 1024).backend(Backend::Legacy))
+        .unwrap();
+    assert_eq!(d.pool(pool).unwrap().backend(), Backend::Legacy);
+    let addr = listen(&mut d);
+    let mut clients: Vec<_> = (0..8).map(|i| Some(client(addr, 256 * 1024, 40 + i, Duration::ZERO))).collect();
+    let mut done = 0;
+    run_until(
+        &mut d,
+        Duration::from_secs(60),
+        |d, ev| echo(d, pool, 64 * 1024, ev),
+        |_| {
+            for c in clients.iter_mut() {
+                if c.as_ref().is_some_and(|h| h.is_finished()) {
+                    assert_eq!(c.take().unwrap().join().unwrap(), 256 * 1024);
+                    done += 1;
+                }
+            }
+            done == 8
+        },
+    );
+    drop(d);
+    assert_eq!(bufring::leaks(), before, "the legacy buffers were taken back");
 }
 
 /// Proves a tiny pool (4 buffers of 4 KiB) cannot deadlock with traffic both ways: 8 clients

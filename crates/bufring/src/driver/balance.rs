@@ -41,6 +41,7 @@ impl Driver {
                 p.pool.publish();
                 self.stats.target_changes += 1;
             }
+            self.provide(pi);
             self.rearm_waiting(pi);
             let p = &mut self.pools[pi];
             if p.waiting.is_empty() {
@@ -58,6 +59,22 @@ impl Driver {
                 return;
             }
             // Buffers came back meanwhile: go round again.
+        }
+    }
+
+    /// A legacy pool's published buffers go to the kernel as PROVIDE_BUFFERS SQEs, ahead of
+    /// the receives that follow (a ring pool has none).
+    pub(super) fn provide(&mut self, pi: usize) {
+        let mut sqes = Vec::new();
+        self.pools[pi].pool.provide(|e| {
+            sqes.push(e);
+            true
+        });
+        for e in sqes {
+            let ud = self.ops.insert(Op::Provide);
+            // SAFETY: the SQE hands the kernel buffers of a pool that lives as long as the
+            // driver (whose drop takes them back with REMOVE_BUFFERS, or leaks the pool).
+            unsafe { self.push(e.user_data(ud)) };
         }
     }
 

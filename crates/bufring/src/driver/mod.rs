@@ -365,6 +365,7 @@ impl Driver {
             starved: false,
             receivers: 0,
         });
+        self.provide(self.pools.len() - 1);
         Ok(PoolId(self.pools.len() - 1))
     }
 

@@ -32,6 +32,11 @@ pub(super) enum Op {
     Timer { _ts: Box<Timespec> },
     /// The removal of a user timer.
     TimerRemove,
+    /// PROVIDE_BUFFERS of a legacy pool (the pool, which lives as long as the driver, holds the
+    /// memory).
+    Provide,
+    /// REMOVE_BUFFERS of legacy pool `pool`, when the driver goes.
+    RemoveBuffers { pool: usize },
     /// The read of the driver's eventfd; the kernel writes the word.
     Wake { _word: Box<u64> },
 }

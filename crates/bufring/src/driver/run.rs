@@ -248,8 +248,12 @@ impl Driver {
                     self.events.push_back(Event::Timer { timer: TimerId(ud) });
                 }
             }
-            Op::TimerRemove => {
+            Op::TimerRemove | Op::Provide => {
                 self.ops.remove(ud);
+            }
+            Op::RemoveBuffers { pool } => {
+                self.ops.remove(ud);
+                self.pools[pool].pool.buffers_removed(res);
             }
             Op::Wake { .. } => {
                 self.ops.remove(ud);
@@ -308,6 +312,28 @@ impl Drop for Driver {
                 }
             }
             self.flush_backlog();
+        }
+        // Legacy pools: take back what the kernel holds, so that their memory can go.
+        if self.ops.live() == 0 {
+            for pi in 0..self.pools.len() {
+                if let Some(e) = self.pools[pi].pool.remove_buffers() {
+                    let ud = self.ops.insert(Op::RemoveBuffers { pool: pi });
+                    // SAFETY: REMOVE_BUFFERS points at no memory.
+                    unsafe { self.push(e.user_data(ud)) };
+                }
+            }
+            while self.ops.live() > 0 && Instant::now() < deadline {
+                if self.submit(Some(Duration::from_millis(50))).is_err() {
+                    break;
+                }
+                let cqes: Vec<(u64, i32)> =
+                    self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+                for (ud, res) in cqes {
+                    if let Some(Op::RemoveBuffers { pool }) = self.ops.remove(ud) {
+                        self.pools[pool].pool.buffers_removed(res);
+                    }
+                }
+            }
         }
         if self.ops.live() > 0 {
             // Some request would not end: the kernel may still use what it points at. Keep all
