@@ -161,14 +161,23 @@ fn echo_server_serves_many_clients_verified() {
 /// each publish, and takes them back when it goes, so nothing leaks.
 #[test]
 fn echo_server_on_legacy_provided_buffers() {
-    let Some(mut d) = driver(Driver::builder()) else { return };
+    let Some(mut d) = driver(Driver::builder()) else {
+        return;
+    };
     let before = bufring::leaks();
     let pool = d
-        .add_pool(Pool::builder(0).count(32).buf_len(16 * 1024).backend(Backend::Legacy))
+        .add_pool(
+            Pool::builder(0)
+                .count(32)
+                .buf_len(16 * 1024)
+                .backend(Backend::Legacy),
+        )
         .unwrap();
     assert_eq!(d.pool(pool).unwrap().backend(), Backend::Legacy);
     let addr = listen(&mut d);
-    let mut clients: Vec<_> = (0..8).map(|i| Some(client(addr, 256 * 1024, 40 + i, Duration::ZERO))).collect();
+    let mut clients: Vec<_> = (0..8)
+        .map(|i| Some(client(addr, 256 * 1024, 40 + i, Duration::ZERO)))
+        .collect();
     let mut done = 0;
     run_until(
         &mut d,
@@ -185,7 +194,11 @@ fn echo_server_on_legacy_provided_buffers() {
         },
     );
     drop(d);
-    assert_eq!(bufring::leaks(), before, "the legacy buffers were taken back");
+    assert_eq!(
+        bufring::leaks(),
+        before,
+        "the legacy buffers were taken back"
+    );
 }
 
 /// Proves a tiny pool (4 buffers of 4 KiB) cannot deadlock with traffic both ways: 8 clients

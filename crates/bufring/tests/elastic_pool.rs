@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use bufring::{Chunk, Completion, Pool};
-use common::{Reap, push, reap};
+use common::{push, reap, Reap};
 
 /// Receives one completion of a single-shot receive on `fd`.
 fn recv_one(ring: &mut io_uring::IoUring, pool: &mut Pool, fd: i32) -> Completion {
@@ -17,7 +17,8 @@ fn recv_one(ring: &mut io_uring::IoUring, pool: &mut Pool, fd: i32) -> Completio
     let cqes = reap(ring, Duration::from_secs(5));
     assert_eq!(cqes.len(), 1);
     let (_, res, flags) = cqes[0];
-    pool.reap(bufring::Cqe::new(res, flags)).expect("kernel completion")
+    pool.reap(bufring::Cqe::new(res, flags))
+        .expect("kernel completion")
 }
 
 /// Proves the pool posts only its target: two of eight buffers posted, a third receive finds
@@ -26,7 +27,12 @@ fn recv_one(ring: &mut io_uring::IoUring, pool: &mut Pool, fd: i32) -> Completio
 #[test]
 fn the_posted_target_bounds_what_the_kernel_holds() {
     let mut ring = require_uring!();
-    let mut pool = Pool::builder(0).count(8).buf_len(4096).posted(2).build(&ring).unwrap();
+    let mut pool = Pool::builder(0)
+        .count(8)
+        .buf_len(4096)
+        .posted(2)
+        .build(&ring)
+        .unwrap();
     let (a, mut b) = common::tcp_pair();
     let s = pool.stats();
     assert_eq!((s.in_kernel, s.parked, s.posted_target), (2, 6, 2));
@@ -39,7 +45,10 @@ fn the_posted_target_bounds_what_the_kernel_holds() {
         }
     }
     b.write_all(&[6u8; 100]).unwrap();
-    assert!(matches!(recv_one(&mut ring, &mut pool, a.as_raw_fd()), Completion::NoBuffers));
+    assert!(matches!(
+        recv_one(&mut ring, &mut pool, a.as_raw_fd()),
+        Completion::NoBuffers
+    ));
     assert_eq!(pool.set_posted_target(4), 4);
     assert_eq!(pool.publish(), 4);
     let s = pool.stats();
@@ -47,12 +56,23 @@ fn the_posted_target_bounds_what_the_kernel_holds() {
     drop(held);
     pool.publish();
     let s = pool.stats();
-    assert_eq!((s.in_kernel, s.with_app, s.parked), (4, 0, 4), "returns beyond the target park");
-    assert_eq!(pool.set_posted_target(0), 1, "at least one buffer stays posted");
+    assert_eq!(
+        (s.in_kernel, s.with_app, s.parked),
+        (4, 0, 4),
+        "returns beyond the target park"
+    );
+    assert_eq!(
+        pool.set_posted_target(0),
+        1,
+        "at least one buffer stays posted"
+    );
     assert_eq!(pool.set_posted_target(100), 8, "at most the pool");
     assert!(matches!(
         Pool::builder(1).count(4).posted(0).build(&ring),
-        Err(bufring::Error::InvalidConfig { field: "posted", .. })
+        Err(bufring::Error::InvalidConfig {
+            field: "posted",
+            ..
+        })
     ));
 }
 
@@ -61,7 +81,11 @@ fn the_posted_target_bounds_what_the_kernel_holds() {
 #[test]
 fn trim_idle_gives_back_pages_of_buffers_parked_all_along() {
     let mut ring = require_uring!();
-    let mut pool = Pool::builder(0).count(4).buf_len(4096).build(&ring).unwrap();
+    let mut pool = Pool::builder(0)
+        .count(4)
+        .buf_len(4096)
+        .build(&ring)
+        .unwrap();
     let (a, mut b) = common::tcp_pair();
     let mut held = Vec::new();
     for _ in 0..4 {
@@ -98,7 +122,11 @@ fn trim_idle_gives_back_pages_of_buffers_parked_all_along() {
 #[test]
 fn heap_chunks_hold_their_bytes_and_free_the_buffer() {
     let mut ring = require_uring!();
-    let mut pool = Pool::builder(0).count(1).buf_len(4096).build(&ring).unwrap();
+    let mut pool = Pool::builder(0)
+        .count(1)
+        .buf_len(4096)
+        .build(&ring)
+        .unwrap();
     let v = b"on the heap".to_vec();
     let ptr = v.as_ptr();
     let c = Chunk::try_from(v).unwrap();
@@ -117,9 +145,16 @@ fn heap_chunks_hold_their_bytes_and_free_the_buffer() {
     assert!(pooled.in_pool());
     let mut copy = pooled.to_heap();
     drop(pooled);
-    assert_eq!(pool.publish(), 1, "the buffer went back while its copy lives");
+    assert_eq!(
+        pool.publish(),
+        1,
+        "the buffer went back while its copy lives"
+    );
     b.write_all(b"again").unwrap();
-    assert!(matches!(recv_one(&mut ring, &mut pool, a.as_raw_fd()), Completion::Data { .. }));
+    assert!(matches!(
+        recv_one(&mut ring, &mut pool, a.as_raw_fd()),
+        Completion::Data { .. }
+    ));
     assert_eq!(&copy[..], b"from the pool");
     let tail = copy.split_off(5);
     assert_eq!((&copy[..], &tail[..]), (&b"from "[..], &b"the pool"[..]));

@@ -58,7 +58,8 @@ impl Driver {
     }
 
     /// Closes `s` once everything queued to send has been sent (a send failure closes it
-    /// too); [`Event::Closed`] follows.
+    /// too). From the moment it starts closing, events about it not yet taken are dropped and
+    /// calls naming it fail with [`Error::NotOpen`]; [`Event::Closed`] comes last.
     pub fn close(&mut self, s: SocketId) -> Result<()> {
         let idx = self.live(s)?;
         let sock = self.at(idx);
@@ -71,7 +72,7 @@ impl Driver {
 
     /// Closes `s` now with a reset (SO_LINGER 0): the peer sees ECONNRESET rather than a clean
     /// end of stream, so it cannot mistake a cut transfer for a complete one. What was queued
-    /// is dropped. [`Event::Closed`] follows.
+    /// is dropped, and so are events about it not yet taken; [`Event::Closed`] comes last.
     pub fn reset(&mut self, s: SocketId) -> Result<()> {
         let idx = self.live(s)?;
         self.teardown(idx, true);
@@ -245,6 +246,11 @@ impl Driver {
             return;
         }
         sock.closing = true;
+        // Events not yet taken about this socket are moot now: after a close or reset, the
+        // next and last one is `Closed`.
+        let id = self.id_of(idx);
+        self.events.retain(|e| e.socket() != Some(id));
+        let sock = self.at(idx);
         if reset {
             if let Some(fd) = &sock.fd {
                 set_linger_zero(fd.as_raw_fd());

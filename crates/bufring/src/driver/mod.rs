@@ -8,11 +8,12 @@
 //! ```no_run
 //! use bufring::driver::{Driver, Event, Received};
 //! use bufring::{Incremental, Pool};
-//! # fn main() -> bufring::Result<()> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut driver = Driver::new()?;
-//! let pool = driver.add_pool(Pool::builder(0).count(64).buf_len(64 * 1024).incremental(Incremental::Auto))?;
-//! let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| bufring::Error::Kernel { op: "bind".into(), source: e })?;
-//! driver.listen(listener)?;
+//! let pool = driver.add_pool(
+//!     Pool::builder(0).count(64).buf_len(64 * 1024).incremental(Incremental::Auto),
+//! )?;
+//! driver.listen(std::net::TcpListener::bind("127.0.0.1:8080")?)?;
 //! loop {
 //!     driver.run_once(None)?;
 //!     while let Some(event) = driver.next_event() {
@@ -22,7 +23,10 @@
 //!                 while let Some(r) = driver.read(socket)? {
 //!                     match r {
 //!                         Received::Data(chunk) => driver.send(socket, chunk)?, // echo, no copy
-//!                         Received::End | Received::Error(_) => driver.close(socket)?,
+//!                         Received::End | Received::Error(_) => {
+//!                             driver.close(socket)?; // its id is dead from here
+//!                             break;
+//!                         }
 //!                     }
 //!                 }
 //!             }
@@ -165,6 +169,22 @@ pub enum Event {
     },
     /// [`DriverWaker::wake`] was called.
     Woken,
+}
+
+impl Event {
+    /// The socket the event is about, if any.
+    pub fn socket(&self) -> Option<SocketId> {
+        match self {
+            Event::Accepted { socket, .. }
+            | Event::Connected { socket, .. }
+            | Event::Readable { socket }
+            | Event::Sent { socket }
+            | Event::SendFailed { socket, .. }
+            | Event::Idle { socket }
+            | Event::Closed { socket } => Some(*socket),
+            Event::AcceptFailed { .. } | Event::Timer { .. } | Event::Woken => None,
+        }
+    }
 }
 
 /// What [`Driver::read`] takes from a receive queue.

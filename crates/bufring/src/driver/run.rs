@@ -326,8 +326,11 @@ impl Drop for Driver {
                 if self.submit(Some(Duration::from_millis(50))).is_err() {
                     break;
                 }
-                let cqes: Vec<(u64, i32)> =
-                    self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+                let cqes: Vec<(u64, i32)> = self
+                    .ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result()))
+                    .collect();
                 for (ud, res) in cqes {
                     if let Some(Op::RemoveBuffers { pool }) = self.ops.remove(ud) {
                         self.pools[pool].pool.buffers_removed(res);
