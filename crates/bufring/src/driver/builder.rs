@@ -4,7 +4,7 @@
 use super::*;
 
 /// Configures a [`Driver`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DriverBuilder {
     pub(super) entries: u32,
     pub(super) cq_entries: u32,
@@ -14,6 +14,23 @@ pub struct DriverBuilder {
     pub(super) elastic: bool,
     pub(super) window: Duration,
     pub(super) defer_taskrun: bool,
+    pub(super) ring: Option<io_uring::Builder>,
+}
+
+impl std::fmt::Debug for DriverBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DriverBuilder")
+            .field("entries", &self.entries)
+            .field("cq_entries", &self.cq_entries)
+            .field("recv_quota", &self.quota)
+            .field("initial_posted", &self.initial_posted)
+            .field("min_posted", &self.min_posted)
+            .field("elastic", &self.elastic)
+            .field("window", &self.window)
+            .field("defer_taskrun", &self.defer_taskrun)
+            .field("ring_builder", &self.ring.is_some())
+            .finish()
+    }
 }
 
 impl Default for DriverBuilder {
@@ -27,6 +44,7 @@ impl Default for DriverBuilder {
             elastic: true,
             window: Duration::from_secs(1),
             defer_taskrun: true,
+            ring: None,
         }
     }
 }
@@ -83,6 +101,15 @@ impl DriverBuilder {
         self
     }
 
+    /// Builds the ring with `builder` (SQPOLL, a CPU, ... ) instead of the driver's choice,
+    /// adding only the completion queue size: the driver then runs with what it gets. Without
+    /// IORING_SETUP_TASKRUN_FLAG next to DEFER_TASKRUN, [`Driver::poll`] may leave deferred work
+    /// for the next [`Driver::run_once`] that waits.
+    pub fn ring_builder(mut self, builder: io_uring::Builder) -> Self {
+        self.ring = Some(builder);
+        self
+    }
+
     /// Checks the configuration and makes the driver, with its ring and eventfd.
     pub fn build(self) -> Result<Driver> {
         if self.entries == 0 || self.cq_entries < self.entries {
@@ -115,19 +142,32 @@ impl DriverBuilder {
                 "the elastic window must not be zero",
             ));
         }
-        let mut b = IoUring::builder();
-        b.setup_cqsize(self.cq_entries);
-        let ring = {
-            let mut fast = b.clone();
-            // TASKRUN_FLAG: the kernel flags deferred work in the SQ ring, so a non-waiting step
-            // (`poll`) knows to enter with GETEVENTS and run it.
-            fast.setup_single_issuer()
-                .setup_coop_taskrun()
-                .setup_taskrun_flag();
-            if self.defer_taskrun {
-                fast.setup_defer_taskrun();
+        let ring = match &self.ring {
+            Some(b) => b.clone().setup_cqsize(self.cq_entries).build(self.entries),
+            None => {
+                let mut plain = IoUring::builder();
+                plain.setup_cqsize(self.cq_entries);
+                // One thread submits and reaps (6.0). TASKRUN_FLAG: the kernel flags deferred
+                // work in the SQ ring, so a non-waiting step (`poll`) knows to enter with
+                // GETEVENTS and run it.
+                let mut single = plain.clone();
+                single
+                    .setup_single_issuer()
+                    .setup_coop_taskrun()
+                    .setup_taskrun_flag();
+                // Completions processed when the driver enters, not on interrupts (6.1).
+                let mut deferred = single.clone();
+                deferred.setup_defer_taskrun();
+                let first = if self.defer_taskrun {
+                    &deferred
+                } else {
+                    &single
+                };
+                first
+                    .build(self.entries)
+                    .or_else(|_| single.build(self.entries))
+                    .or_else(|_| plain.build(self.entries))
             }
-            fast.build(self.entries).or_else(|_| b.build(self.entries))
         }
         .map_err(|e| Error::kernel("io_uring_setup", e))?;
         // SAFETY: eventfd has no memory-safety preconditions.

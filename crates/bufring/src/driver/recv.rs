@@ -18,16 +18,46 @@ impl Driver {
                 reason: "the socket is already receiving",
             });
         }
-        if sock.end.is_some() {
+        if sock.ended {
             return Err(Error::InvalidState {
                 op: "recv",
                 reason: "the socket's stream has ended",
             });
         }
+        if sock.recv_op.is_some() && sock.pool != pool.0 {
+            return Err(Error::InvalidState {
+                op: "recv",
+                reason: "the stopped receive on another pool has not ended yet",
+            });
+        }
         sock.pool = pool.0;
-        sock.recv = RecvState::Paused;
         self.pools[pool.0].receivers += 1;
-        self.arm_recv(idx);
+        let sock = self.at(idx);
+        if sock.recv_op.is_some() {
+            // A stopped receive has not ended yet: start again once it has (a second receive
+            // on the socket now could interleave with its last completions).
+            sock.recv = RecvState::Cancelling;
+        } else {
+            sock.recv = RecvState::Paused;
+            self.arm_recv(idx);
+        }
+        Ok(())
+    }
+
+    /// Stops receiving on `s`: the receive is cancelled, what was received stays queued for
+    /// [`read`](Self::read), and [`recv`](Self::recv) starts it again.
+    pub fn stop_recv(&mut self, s: SocketId) -> Result<()> {
+        let idx = self.live(s)?;
+        let sock = self.at(idx);
+        if sock.recv == RecvState::Off {
+            return Ok(());
+        }
+        sock.recv = RecvState::Off;
+        let (pool, op) = (sock.pool, sock.recv_op);
+        self.pools[pool].receivers -= 1;
+        if let Some(ud) = op {
+            self.cancel(ud, Some(idx));
+        }
         Ok(())
     }
 
@@ -117,7 +147,9 @@ impl Driver {
             self.ops.remove(ud);
             let sock = self.at(idx);
             sock.inflight -= 1;
-            sock.recv_op = None;
+            if sock.recv_op == Some(ud) {
+                sock.recv_op = None;
+            }
         }
         // SAFETY: this CQE was reaped from the driver's ring, where the pool is registered; its
         // user_data names a live receive the driver submitted on this pool (stale or unknown
@@ -160,6 +192,7 @@ impl Driver {
                 self.end_recv(idx, End::Eof);
                 return;
             }
+            Ok(Completion::NoBuffers) if sock.recv == RecvState::Off => return,
             Ok(Completion::NoBuffers) => {
                 let gen = self.sockets[idx as usize].gen;
                 self.at(idx).recv = RecvState::Waiting;
@@ -200,6 +233,7 @@ impl Driver {
         let sock = self.at(idx);
         let was_on = sock.recv != RecvState::Off;
         sock.end = Some(end);
+        sock.ended = true;
         let pool = sock.pool;
         if let Some(ud) = sock.recv_op {
             // A multishot ended early by an error still has its final completion to come.

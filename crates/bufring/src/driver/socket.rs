@@ -51,6 +51,8 @@ pub(super) struct Socket {
     pub(super) rx_bytes: usize,
     /// After the queued chunks: end of stream or an error (no more receives then).
     pub(super) end: Option<End>,
+    /// The stream ended (end of file or an error arrived): no more receives.
+    pub(super) ended: bool,
     /// A `Readable` event was sent and the queue has not been emptied since.
     pub(super) signalled: bool,
     /// Queued to send; the first `sending` chunks are in flight.
@@ -93,6 +95,7 @@ impl Socket {
             rx: VecDeque::new(),
             rx_bytes: 0,
             end: None,
+            ended: false,
             signalled: false,
             tx: VecDeque::new(),
             tx_bytes: 0,
