@@ -444,14 +444,16 @@ fn slow_readers_do_not_starve_normal_clients() {
         drop(held);
     });
     // Let the slow readers pile up first.
-    let small_sndbuf = |d: &mut Driver, ev: Event| {
+    let accepted = std::cell::RefCell::new(Vec::new());
+    let mut small_sndbuf = |d: &mut Driver, ev: Event| {
         if let Event::Accepted { socket, .. } = ev {
             set_int_opt(&d.fd(socket).unwrap(), libc::SO_SNDBUF, 4096);
+            accepted.borrow_mut().push(socket);
         }
         echo(d, pool, 64 * 1024, ev)
     };
     let mut ready = false;
-    run_until(&mut d, Duration::from_secs(60), small_sndbuf, |_| {
+    run_until(&mut d, Duration::from_secs(60), &mut small_sndbuf, |_| {
         ready = ready || rx.try_recv().is_ok();
         ready
     });
@@ -460,7 +462,7 @@ fn slow_readers_do_not_starve_normal_clients() {
         .map(|i| Some(client(addr, 1 << 20, 500 + i, Duration::ZERO)))
         .collect();
     let mut done = 0;
-    run_until(&mut d, Duration::from_secs(60), small_sndbuf, |_| {
+    run_until(&mut d, Duration::from_secs(60), &mut small_sndbuf, |_| {
         for c in clients.iter_mut() {
             if c.as_ref().is_some_and(|h| h.is_finished()) {
                 assert_eq!(c.take().unwrap().join().unwrap(), 1 << 20);
@@ -471,13 +473,26 @@ fn slow_readers_do_not_starve_normal_clients() {
     });
     let s = d.stats();
     eprintln!("normal clients done in {:?}: {s:?}", start.elapsed());
-    // Bounded: what the slow readers hold on the heap is their unsent data, at most
-    // max_unsent (plus one chunk) and their quota each.
     assert!(
         s.spilled_chunks > 0,
         "the slow readers held more than the pool: {s:?}"
     );
-    assert!(s.spilled_bytes <= 210 * (64 + 64 + 16) * 1024, "{s:?}");
+    // Bounded: each slow reader holds at most its unsent limit (plus one chunk) and its
+    // receive quota (16 KiB here, the floor), which kernels without a byte limit on multishot
+    // receives (before 6.17) can overshoot by one burst: at most the pool's 512 KiB.
+    let slow_ids: Vec<SocketId> = accepted.borrow()[..200].to_vec();
+    let (mut queued, mut unsent) = (0, 0);
+    for s in slow_ids {
+        let (q, u) = (d.queued(s).unwrap(), d.unsent(s).unwrap());
+        assert!(u <= (64 + 16) * 1024, "{u} bytes unsent");
+        assert!(q <= (16 + 512) * 1024, "{q} bytes queued");
+        (queued, unsent) = (queued + q, unsent + u);
+    }
+    eprintln!(
+        "slow readers hold {} KiB unread and {} KiB unsent",
+        queued / 1024,
+        unsent / 1024
+    );
     drop(slow); // the thread sleeps; the process ends the test without waiting
 }
 
@@ -713,6 +728,7 @@ fn timers_connect_timeouts_and_idle_timeouts_fire() {
     let c = d.connect(addr, Some(Duration::from_millis(300))).unwrap();
     let (idle_a, _idle_b) = common::tcp_pair();
     let idle = d.socket(idle_a);
+    let idle_set = Instant::now();
     d.set_idle_timeout(idle, Some(Duration::from_millis(200)))
         .unwrap();
     let start = Instant::now();
@@ -725,7 +741,7 @@ fn timers_connect_timeouts_and_idle_timeouts_fire() {
             Event::Connected { socket, result } if socket == c => {
                 timed_out.set(Some((start.elapsed(), result.unwrap_err().kind())))
             }
-            Event::Idle { socket } if socket == idle => idled.set(Some(start.elapsed())),
+            Event::Idle { socket } if socket == idle => idled.set(Some(idle_set.elapsed())),
             _ => {}
         },
         |_| timer.get().is_some() && timed_out.get().is_some() && idled.get().is_some(),
@@ -736,7 +752,11 @@ fn timers_connect_timeouts_and_idle_timeouts_fire() {
         after >= Duration::from_millis(250) && after < Duration::from_secs(3),
         "{after:?}"
     );
-    assert!(idled.get().unwrap() >= Duration::from_millis(190));
+    assert!(
+        idled.get().unwrap() >= Duration::from_millis(200),
+        "{:?}",
+        idled.get()
+    );
     assert_eq!(d.stats().connect_timeouts, 1);
     // SAFETY: closes the fds this test opened.
     unsafe { libc::close(lfd) };

@@ -45,15 +45,23 @@ impl Driver {
             self.rearm_waiting(pi);
             let p = &mut self.pools[pi];
             if p.waiting.is_empty() {
+                p.dry_since = None;
                 return;
             }
             let s = p.pool.stats();
             if p.pool.unused() == 0 && s.parked == 0 && s.posted_target == s.buffers {
-                // Dry: every buffer is with the application or partly filled. Free one.
-                self.spill(pi);
-                if self.pools[pi].pool.has_returns() {
-                    continue;
+                // Dry: every buffer is with the application or partly filled. Once that has
+                // lasted the grace period, free some.
+                let since = *p.dry_since.get_or_insert(self.now);
+                if self.now >= since + self.cfg.spill_after {
+                    self.spill(pi);
+                    if self.pools[pi].pool.has_returns() {
+                        self.pools[pi].dry_since = None;
+                        continue;
+                    }
                 }
+            } else {
+                p.dry_since = None;
             }
             if self.pools[pi].pool.want_wake() {
                 return;
@@ -119,13 +127,22 @@ impl Driver {
             .filter(|&(b, _)| b > 0)
             .collect();
         holders.sort_unstable_by(|a, b| b.cmp(a));
+        // Enough for the receives waiting (up to 16 buffers' worth), not everything: each
+        // spill is a copy.
+        let p = &self.pools[pi];
+        let want = p.waiting.len().min(16) * p.pool.buf_len() as usize;
+        let mut copied = 0;
         for &(_, idx) in &holders {
             let (chunks, bytes) = self.at(idx).spill();
             self.stats.spilled_chunks += chunks as u64;
             self.stats.spilled_bytes += bytes as u64;
-            if self.pools[pi].pool.has_returns() {
+            copied += bytes;
+            if copied >= want && self.pools[pi].pool.has_returns() {
                 return;
             }
+        }
+        if self.pools[pi].pool.has_returns() {
+            return;
         }
         for &(_, idx) in &holders {
             let sock = self.at(idx);

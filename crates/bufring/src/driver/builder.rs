@@ -13,6 +13,7 @@ pub struct DriverBuilder {
     pub(super) min_posted: u32,
     pub(super) elastic: bool,
     pub(super) window: Duration,
+    pub(super) spill_after: Duration,
     pub(super) defer_taskrun: bool,
     pub(super) ring: Option<io_uring::Builder>,
 }
@@ -27,6 +28,7 @@ impl std::fmt::Debug for DriverBuilder {
             .field("min_posted", &self.min_posted)
             .field("elastic", &self.elastic)
             .field("window", &self.window)
+            .field("spill_after", &self.spill_after)
             .field("defer_taskrun", &self.defer_taskrun)
             .field("ring_builder", &self.ring.is_some())
             .finish()
@@ -43,6 +45,7 @@ impl Default for DriverBuilder {
             min_posted: 2,
             elastic: true,
             window: Duration::from_secs(1),
+            spill_after: Duration::from_millis(5),
             defer_taskrun: true,
             ring: None,
         }
@@ -91,6 +94,15 @@ impl DriverBuilder {
     /// How often elastic posting shrinks targets and gives idle pages back (default 1 s).
     pub fn window(mut self, d: Duration) -> Self {
         self.window = d;
+        self
+    }
+
+    /// How long receives wait for buffers, with the pool dry, before the driver spills held
+    /// chunks to the heap (default 5 ms): time for the application to read and drop what it
+    /// was handed (some kernels end a multishot receive for lack of buffers right after a
+    /// completion, before anything could be read).
+    pub fn spill_after(mut self, d: Duration) -> Self {
+        self.spill_after = d;
         self
     }
 

@@ -268,6 +268,8 @@ struct PoolSlot {
     starved: bool,
     /// Sockets receiving from this pool.
     receivers: usize,
+    /// Since when receives have waited with the pool dry (spill after a grace period).
+    dry_since: Option<Instant>,
 }
 
 struct SockSlot {
@@ -384,6 +386,7 @@ impl Driver {
             waiting: VecDeque::new(),
             starved: false,
             receivers: 0,
+            dry_since: None,
         });
         self.provide(self.pools.len() - 1);
         Ok(PoolId(self.pools.len() - 1))

@@ -143,6 +143,16 @@ impl Driver {
     /// A receive's completion; `how` is (multishot, limited) as it was submitted.
     pub(super) fn on_recv(&mut self, ud: u64, idx: u32, pool: usize, how: (bool, bool), cqe: Cqe) {
         let more = cqe.more();
+        // SAFETY: this CQE was reaped from the driver's ring, where the pool is registered; its
+        // user_data names a live receive the driver submitted on this pool (stale or unknown
+        // user_data never gets here), and each CQE is dispatched once.
+        let completion = unsafe { self.pools[pool].pool.complete(cqe) };
+        if completion.is_err() {
+            // Refused as inconsistent: it changes nothing, not even whether the receive goes
+            // on (its flags cannot be trusted either).
+            self.stats.rejected += 1;
+            return;
+        }
         if !more {
             self.ops.remove(ud);
             let sock = self.at(idx);
@@ -151,10 +161,6 @@ impl Driver {
                 sock.recv_op = None;
             }
         }
-        // SAFETY: this CQE was reaped from the driver's ring, where the pool is registered; its
-        // user_data names a live receive the driver submitted on this pool (stale or unknown
-        // user_data never gets here), and each CQE is dispatched once.
-        let completion = unsafe { self.pools[pool].pool.complete(cqe) };
         let (quota, now) = (self.quota(pool), self.now);
         let sock = self.at(idx);
         if sock.closing {
@@ -167,7 +173,7 @@ impl Driver {
         }
         let ended = !more && matches!(sock.recv, RecvState::Armed | RecvState::Cancelling);
         match completion {
-            Err(_) => self.stats.rejected += 1,
+            Err(_) => unreachable!("refused completions returned above"),
             Ok(Completion::Data { chunks, .. }) => {
                 for c in chunks {
                     sock.rx_bytes += c.len();

@@ -49,13 +49,19 @@ impl Driver {
     /// [`run_once`](Self::run_once) without waiting: what a runtime calls when the
     /// [readiness fd](Self::readiness_fd) is readable.
     pub fn poll(&mut self) -> Result<()> {
-        if let Some(fd) = &self.ready {
-            // Drain the counter first: work that arrives after this read signals it again.
+        loop {
+            self.run_once(Some(Duration::ZERO))?;
+            let Some(fd) = &self.ready else { return Ok(()) };
+            // Clear the readiness (some kernels signal it for every completion posted, ours
+            // included), then look again: work that came before the read is seen here, work
+            // that comes after signals the fd anew.
             let mut word = 0u64;
             // SAFETY: reads at most 8 bytes into a live u64 from an eventfd we own.
             unsafe { libc::read(fd.as_raw_fd(), (&mut word as *mut u64).cast(), 8) };
+            if self.ring.completion().is_empty() && !self.ring.submission().taskrun() {
+                return Ok(());
+            }
         }
-        self.run_once(Some(Duration::ZERO))
     }
 
     /// An fd that polls readable whenever the driver has work (completions, deferred task
@@ -98,6 +104,11 @@ impl Driver {
         }
         if let Some(t) = self.accept_retry {
             cut(t);
+        }
+        for p in &self.pools {
+            if let Some(t) = p.dry_since {
+                cut(t + self.cfg.spill_after);
+            }
         }
         if self
             .pools
