@@ -27,6 +27,9 @@ pub enum Feature {
     ReadMultishot,
     /// Explicit 2 MiB huge pages (MAP_HUGETLB) for the buffer memory.
     HugePages,
+    /// An eventfd registered with a ring that defers task work is signalled when the work is
+    /// queued (what a runtime needs to drive such a ring).
+    DeferredEventfd,
 }
 
 impl Feature {
@@ -43,6 +46,7 @@ impl Feature {
             Feature::IncrementalBundles => "incremental_bundles",
             Feature::ReadMultishot => "read_multishot",
             Feature::HugePages => "huge_pages",
+            Feature::DeferredEventfd => "deferred_eventfd",
         }
     }
 
@@ -59,6 +63,7 @@ impl Feature {
             Feature::IncrementalBundles => "Linux 6.15",
             Feature::ReadMultishot => "Linux 6.7",
             Feature::HugePages => "any kernel with huge pages reserved (vm.nr_hugepages)",
+            Feature::DeferredEventfd => "a kernel after 6.12 (6.18 has it; 6.1 and 6.12 do not)",
         }
     }
 }

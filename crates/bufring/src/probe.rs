@@ -80,6 +80,79 @@ pub(crate) fn buffer_ring_missing() -> bool {
     IoUring::new(4).is_ok_and(|ring| BufRing::builder(PROBE_BGID, 1).register(&ring).is_err())
 }
 
+/// Whether the kernel signals an eventfd registered with a ring that defers task work
+/// (IORING_SETUP_DEFER_TASKRUN) when such work is queued, rather than only when completions
+/// are posted (6.1 and 6.12 do the latter, 6.18 the former). Tried once on a scratch ring: a
+/// read of a pipe is armed, a byte written, and the eventfd polled without waiting (the work is
+/// queued by the write itself).
+pub(crate) fn deferred_work_signals_eventfd() -> bool {
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(try_deferred_eventfd)
+}
+
+fn try_deferred_eventfd() -> bool {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let Ok(mut ring) = IoUring::<io_uring::squeue::Entry>::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(2)
+    else {
+        return false;
+    };
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 and eventfd write the fds into the live array / return a fresh fd.
+    let (efd, pipe_ok) = unsafe {
+        (
+            libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK),
+            libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) == 0,
+        )
+    };
+    if efd < 0 || !pipe_ok {
+        return false;
+    }
+    // SAFETY: fresh fds nothing else owns.
+    let (efd, rd, wr) = unsafe {
+        (
+            OwnedFd::from_raw_fd(efd),
+            OwnedFd::from_raw_fd(fds[0]),
+            OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    if ring.submitter().register_eventfd(efd.as_raw_fd()).is_err() {
+        return false;
+    }
+    let mut byte = Box::new(0u8);
+    let read =
+        io_uring::opcode::Read::new(io_uring::types::Fd(rd.as_raw_fd()), &mut *byte, 1).build();
+    // SAFETY: the byte is boxed and kept until the read's completion has been reaped below (or
+    // leaked if it never comes).
+    if unsafe { ring.submission().push(&read) }.is_err() || ring.submit().is_err() {
+        return false;
+    }
+    // SAFETY: writes one byte from a live u8 to the pipe we own.
+    unsafe { libc::write(wr.as_raw_fd(), (&1u8 as *const u8).cast(), 1) };
+    let mut p = libc::pollfd {
+        fd: efd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one live pollfd, without waiting.
+    let signalled = unsafe { libc::poll(&mut p, 1, 0) } == 1;
+    // Reap the read so that its buffer may go.
+    let done = ring
+        .submitter()
+        .submit_with_args(
+            1,
+            &io_uring::types::SubmitArgs::new().timespec(&io_uring::types::Timespec::new().sec(1)),
+        )
+        .is_ok()
+        && ring.completion().next().is_some();
+    if !done {
+        std::mem::forget(byte);
+    }
+    signalled
+}
+
 /// Whether bundles work, and whether they work on incremental rings.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct BundleSupport {

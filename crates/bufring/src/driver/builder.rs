@@ -154,6 +154,8 @@ impl DriverBuilder {
                 "the elastic window must not be zero",
             ));
         }
+        // Whether the ring defers task work (not known of a ring the user's builder made).
+        let mut deferred = false;
         let ring = match &self.ring {
             Some(b) => b.clone().setup_cqsize(self.cq_entries).build(self.entries),
             None => {
@@ -168,15 +170,15 @@ impl DriverBuilder {
                     .setup_coop_taskrun()
                     .setup_taskrun_flag();
                 // Completions processed when the driver enters, not on interrupts (6.1).
-                let mut deferred = single.clone();
-                deferred.setup_defer_taskrun();
+                let mut deferring = single.clone();
+                deferring.setup_defer_taskrun();
                 let first = if self.defer_taskrun {
-                    &deferred
+                    deferring.build(self.entries)
                 } else {
-                    &single
+                    single.build(self.entries)
                 };
+                deferred = self.defer_taskrun && first.is_ok();
                 first
-                    .build(self.entries)
                     .or_else(|_| single.build(self.entries))
                     .or_else(|_| plain.build(self.entries))
             }
@@ -206,6 +208,7 @@ impl DriverBuilder {
             notify,
             wake_armed: false,
             ready: None,
+            deferred,
             multishot_recv: true,
             recv_limit: true,
             multishot_accept: true,

@@ -313,6 +313,8 @@ pub struct Driver {
     /// An eventfd registered with the ring (IORING_REGISTER_EVENTFD), made on demand for
     /// runtimes: readable whenever the driver has work.
     ready: Option<OwnedFd>,
+    /// The ring defers task work (IORING_SETUP_DEFER_TASKRUN).
+    deferred: bool,
     /// The kernel takes multishot receives (Linux 6.0); found out at the first refusal.
     multishot_recv: bool,
     /// The kernel takes a byte limit on multishot receives (Linux 6.17); found out likewise.

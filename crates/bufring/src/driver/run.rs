@@ -70,8 +70,18 @@ impl Driver {
     /// the ring (IORING_REGISTER_EVENTFD), made on the first call. Unlike the ring's own fd, it
     /// also signals work deferred by IORING_SETUP_DEFER_TASKRUN, which the kernel runs only when
     /// the driver enters the ring.
+    ///
+    /// On kernels that signal such an eventfd only when completions are posted (6.1 and 6.12),
+    /// a ring with deferred task work cannot be driven this way: this fails with
+    /// [`Error::Unsupported`] ([`Feature::DeferredEventfd`](crate::Feature::DeferredEventfd));
+    /// build the driver with [`DriverBuilder::defer_taskrun`]`(false)` there.
     pub fn readiness_fd(&mut self) -> Result<BorrowedFd<'_>> {
         if self.ready.is_none() {
+            if self.deferred && !crate::probe::deferred_work_signals_eventfd() {
+                return Err(Error::Unsupported {
+                    feature: crate::Feature::DeferredEventfd,
+                });
+            }
             // SAFETY: eventfd has no memory-safety preconditions.
             let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
             if fd < 0 {
