@@ -104,7 +104,14 @@ fn fanin_reports_every_contender() {
         "--rounds",
         "1",
     ]);
-    let all = ["tokio", "uring-fixed", "pool", "pool-inc"];
+    let all = [
+        "tokio",
+        "uring-fixed",
+        "pool",
+        "pool-inc",
+        "driver",
+        "driver-inc",
+    ];
     check(&lines, &all, "msgs_per_s", &all);
     let util = lines
         .iter()

@@ -1051,3 +1051,28 @@ fn stop_recv_pauses_and_recv_resumes_in_order() {
     }
     assert_eq!(got, b"one two three");
 }
+
+/// Proves `release` hands a socket back open, with no receive left to steal its data: after
+/// it, bytes the peer sends are read with a plain `read`, and the old id is dead.
+#[test]
+fn release_hands_the_socket_back_open() {
+    let Some(mut d) = driver(Driver::builder()) else {
+        return;
+    };
+    let pool = d.add_pool(Pool::builder(0).count(4).buf_len(4096)).unwrap();
+    let (a, mut b) = common::tcp_pair();
+    let s = d.socket(a);
+    d.recv(s, pool).unwrap();
+    d.run_once(Some(Duration::from_millis(10))).unwrap();
+    let fd = d.release(s, Duration::from_secs(5)).unwrap();
+    assert!(matches!(d.read(s), Err(Error::NotOpen { .. })));
+    let mut back = TcpStream::from(fd);
+    b.write_all(b"after").unwrap();
+    for _ in 0..3 {
+        d.run_once(Some(Duration::from_millis(10))).unwrap();
+    }
+    assert!(std::iter::from_fn(|| d.next_event()).all(|e| e.socket() != Some(s)));
+    let mut buf = [0u8; 5];
+    back.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"after");
+}

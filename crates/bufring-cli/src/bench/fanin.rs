@@ -2,12 +2,15 @@
 //! the connections in random order writing one message to each, so at any instant most
 //! connections are idle: per-connection buffers sit unused while a shared pool serves them all.
 //! The connections are made once and shared by every contender and round.
-//! Figures: messages/s, receive-buffer memory committed, peak RSS, utilization, ENOBUFS.
+//! Figures: messages/s, CPU per message, receive-buffer memory committed, peak RSS, the pools'
+//! resident pages, utilization, ENOBUFS. The `driver` contenders receive through bufring's safe
+//! driver and its buffer policy; their receive memory is what the pool has resident (see
+//! [`driver_receive`]).
 
 use std::cell::RefCell;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -53,18 +56,22 @@ enum Recv {
     /// bufring pool, multishot recv per connection, shared buffers of `buf_len`.
     Pool { mode: Incremental, buf_len: usize },
     // `pool-inc-bundle` and `pool-emulated` go here once bundles and Incremental::Emulated land.
+    /// bufring's safe driver (`bufring::driver::Driver`) over the same pool: multishot recv per
+    /// connection, receive queues read per `Readable` event, elastic posting.
+    Driver { mode: Incremental, buf_len: usize },
 }
 
 impl Recv {
     fn name(self) -> String {
-        match self {
-            Recv::Tokio => "tokio".into(),
-            Recv::UringFixed => "uring-fixed".into(),
-            Recv::Pool {
-                mode: Incremental::Off,
-                ..
-            } => "pool".into(),
-            Recv::Pool { .. } => "pool-inc".into(),
+        let (base, mode) = match self {
+            Recv::Tokio => return "tokio".into(),
+            Recv::UringFixed => return "uring-fixed".into(),
+            Recv::Pool { mode, .. } => ("pool", mode),
+            Recv::Driver { mode, .. } => ("driver", mode),
+        };
+        match mode {
+            Incremental::Off => base.into(),
+            _ => format!("{base}-inc"),
         }
     }
 }
@@ -103,6 +110,9 @@ struct FaninContender {
 #[derive(Default)]
 struct RecvOut {
     committed: usize,
+    /// Pool contenders: the pool's pages resident at the end (mincore), the same measure for
+    /// all of them (a 512 B message touches one page of a classic 16 KiB buffer).
+    resident: Option<u64>,
     utilization: Option<f64>,
     enobufs: u64,
 }
@@ -127,6 +137,9 @@ impl Contender for FaninContender {
             Recv::Pool { mode, buf_len } => {
                 pool_receive(&fds, mode, buf_len, self.pool_mem, want, &mut go)
             }
+            Recv::Driver { mode, buf_len } => {
+                driver_receive(&fds, mode, buf_len, self.pool_mem, want, &mut go)
+            }
         };
         let (secs, cpu) = go.elapsed();
         // The sender's report of this round (it sends everything whatever the receiver does).
@@ -142,12 +155,11 @@ impl Contender for FaninContender {
                 "MiB",
                 sys::peak_rss().map_or(f64::NAN, |b| b as f64 / MIB),
             ),
-            Figure::up("utilization", "", out.utilization.unwrap_or(f64::NAN)),
-            Figure::down("enobufs", "events", out.enobufs as f64),
         ];
-        if out.utilization.is_none() {
-            figs.retain(|f| f.name != "utilization");
-        }
+        let resident = out.resident.map(|b| b as f64 / MIB);
+        figs.extend(resident.map(|m| Figure::down("rx_resident_mib", "MiB", m)));
+        figs.extend(out.utilization.map(|u| Figure::up("utilization", "", u)));
+        figs.push(Figure::down("enobufs", "events", out.enobufs as f64));
         Ok(figs)
     }
 }
@@ -436,8 +448,7 @@ fn tokio_receive(fds: &[RawFd], want: u64, go: &mut Clock) -> BenchResult<RecvOu
     r?;
     Ok(RecvOut {
         committed: fds.len() * CONN_BUF,
-        utilization: None,
-        enobufs: 0,
+        ..RecvOut::default()
     })
 }
 
@@ -446,13 +457,18 @@ fn tokio_receive(fds: &[RawFd], want: u64, go: &mut Clock) -> BenchResult<RecvOu
 /// DEFER_TASKRUN (Linux 6.1) the work waits until the thread asks for completions, which halves
 /// the receiver's CPU per message here. Older kernels get a plain ring.
 fn big_ring(n: usize) -> std::io::Result<IoUring> {
-    let cq = (2 * n as u32 + 64).next_power_of_two().max(8192);
+    let (sq, cq) = ring_sizes(n);
     IoUring::builder()
         .setup_cqsize(cq)
         .setup_single_issuer()
         .setup_defer_taskrun()
-        .build(4096)
-        .or_else(|_| IoUring::builder().setup_cqsize(cq).build(4096))
+        .build(sq)
+        .or_else(|_| IoUring::builder().setup_cqsize(cq).build(sq))
+}
+
+/// Submission and completion queue entries of the io_uring contenders for `n` connections.
+fn ring_sizes(n: usize) -> (u32, u32) {
+    (4096, (2 * n as u32 + 64).next_power_of_two().max(8192))
 }
 
 /// Pushes `e`, submitting first when the submission queue is full.
@@ -553,8 +569,7 @@ fn uring_fixed(fds: &[RawFd], want: u64, go: &mut Clock) -> BenchResult<RecvOut>
     }
     Ok(RecvOut {
         committed: fds.len() * CONN_BUF,
-        utilization: None,
-        enobufs: 0,
+        ..RecvOut::default()
     })
 }
 
@@ -641,8 +656,102 @@ fn pool_receive(
     }
     Ok(RecvOut {
         committed: count * buf_len,
+        resident: Some(pool.resident_bytes()?),
         utilization: Some(pool.stats().utilization()),
         enobufs,
+    })
+}
+
+/// The driver over a pool like `pool_receive`'s (`pool_mem` of `buf_len` buffers), with the
+/// driver's policy at its defaults (elastic posting, quotas, first-come re-arming) and rings of
+/// the raw contenders' sizes.
+///
+/// Receive memory (`rx_mem_mib`): `pool` and `pool-inc` report the pool they set up
+/// (`count * buf_len`, every buffer posted for the kernel to fill), `tokio` and `uring-fixed`
+/// their per-connection buffers. The driver posts a few buffers at first and more only when
+/// receives run dry, and the pool's mapping costs RAM only where touched: its figure is the
+/// pool's resident pages once the last message is read (mincore). That is the round's peak, not
+/// a trimmed snapshot: pages go back only after a whole elastic window (1 s) parked, longer than
+/// a round. Pages are finer than buffers (a 512 B message touches one page of a 16 KiB buffer),
+/// so the raw pools report the same measure too (`rx_resident_mib`), and `peak_rss_mib` covers
+/// every contender alike.
+fn driver_receive(
+    fds: &[RawFd],
+    mode: Incremental,
+    buf_len: usize,
+    pool_mem: usize,
+    want: u64,
+    go: &mut Clock,
+) -> BenchResult<RecvOut> {
+    use bufring::driver::{Driver, Event, Received};
+    let (sq, cq) = ring_sizes(fds.len());
+    let mut driver = Driver::builder().entries(sq).cq_entries(cq).build()?;
+    let pool = driver.add_pool(
+        Pool::builder(0)
+            .count((pool_mem / buf_len).max(1))
+            .buf_len(buf_len)
+            .incremental(mode),
+    )?;
+    // The driver owns the connections for the round and hands each back with `release`
+    // (its receive cancelled and ended, so none is left to take the next round's data).
+    let sockets: Vec<_> = fds
+        .iter()
+        // SAFETY: the connection's fd is the driver's until it is released below, on every
+        // path; `into_raw_fd` then gives ownership back to the connection's `TcpStream`.
+        .map(|&fd| driver.socket(unsafe { OwnedFd::from_raw_fd(fd) }))
+        .collect();
+    let mut round = || -> BenchResult<u64> {
+        for &s in &sockets {
+            driver.recv(s, pool)?;
+        }
+        // Submits the receives before the clock starts.
+        driver.poll()?;
+        go.start()?;
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        let mut got = 0u64;
+        while got < want {
+            if Instant::now() > deadline {
+                return Err("timed out".into());
+            }
+            driver.run_once(Some(Duration::from_millis(100)))?;
+            while let Some(event) = driver.next_event() {
+                let Event::Readable { socket } = event else {
+                    continue;
+                };
+                while let Some(r) = driver.read(socket)? {
+                    match r {
+                        Received::Data(chunk) => got += chunk.len() as u64,
+                        Received::End => return Err("a connection closed".into()),
+                        Received::Error(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        go.stop();
+        Ok(got)
+    };
+    let result = round();
+    let pool = driver.pool(pool)?;
+    let (stats, resident) = (pool.stats(), pool.resident_bytes()?);
+    for s in sockets {
+        match driver.release(s, Duration::from_secs(5)) {
+            Ok(fd) => {
+                let _ = fd.into_raw_fd();
+            }
+            Err(e) => {
+                // The driver would close a connection the bench still owns: keep it (and its
+                // requests) alive for good instead.
+                std::mem::forget(driver);
+                return Err(format!("taking a connection back from the driver: {e}").into());
+            }
+        }
+    }
+    result?;
+    Ok(RecvOut {
+        committed: resident as usize,
+        resident: Some(resident),
+        utilization: Some(stats.utilization()),
+        enobufs: stats.enobufs,
     })
 }
 
@@ -656,20 +765,12 @@ pub fn run(args: &Args, common: &Common) -> BenchResult<Vec<Scenario>> {
     let messages = args.messages.unwrap_or(20 * n);
     let pool_mem = args.pool_mem.unwrap_or(4 << 20);
     let conns = Rc::new(RefCell::new(Sender::spawn(n, args.msg_size)?));
-    let recvs = [
-        Recv::Tokio,
-        Recv::UringFixed,
-        Recv::Pool {
-            mode: Incremental::Off,
-            buf_len: CONN_BUF,
-        },
-        Recv::Pool {
-            mode: Incremental::Kernel,
-            buf_len: INC_BUF,
-        },
-    ];
-    let contenders: Vec<Box<dyn Contender>> = recvs
+    let pools = [(Incremental::Off, CONN_BUF), (Incremental::Kernel, INC_BUF)];
+    let recvs = [Recv::Tokio, Recv::UringFixed]
         .into_iter()
+        .chain(pools.map(|(mode, buf_len)| Recv::Pool { mode, buf_len }))
+        .chain(pools.map(|(mode, buf_len)| Recv::Driver { mode, buf_len }));
+    let contenders: Vec<Box<dyn Contender>> = recvs
         .filter(|r| common.wants(&r.name()))
         .map(|recv| {
             Box::new(FaninContender {

@@ -208,6 +208,7 @@ impl DriverBuilder {
             notify,
             wake_armed: false,
             ready: None,
+            released: None,
             deferred,
             multishot_recv: true,
             recv_limit: true,

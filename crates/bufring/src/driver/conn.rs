@@ -79,6 +79,35 @@ impl Driver {
         Ok(())
     }
 
+    /// Takes `s` back out of the driver without closing it: cancels its requests, waits until
+    /// they have ended (running the ring meanwhile, at most `timeout`; other sockets' events
+    /// queue up as usual) and returns the fd. What was queued on it is dropped, and so are its
+    /// events; no `Closed` follows. If its requests do not end in time, it fails with a
+    /// TimedOut error and the driver closes the socket once they do.
+    pub fn release(&mut self, s: SocketId, timeout: Duration) -> Result<OwnedFd> {
+        let idx = self.live(s)?;
+        self.at(idx).release = true;
+        self.teardown(idx, false);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(fd) = self.released.take() {
+                return Ok(fd);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                if let Some(sock) = self.sockets[idx as usize].sock.as_mut() {
+                    sock.release = false;
+                }
+                return Err(Error::kernel(
+                    "release (cancelling the socket's requests)",
+                    io_err(libc::ETIMEDOUT),
+                ));
+            }
+            self.submit(Some((deadline - now).min(Duration::from_millis(10))))?;
+            self.reap_and_settle();
+        }
+    }
+
     /// Accepts connections on a listening socket (multishot accept where the kernel has it),
     /// each announced by [`Event::Accepted`]. When file descriptors run out, accepting pauses
     /// (no spinning) and resumes when one of the driver's sockets closes, or after a backoff.
@@ -286,11 +315,17 @@ impl Driver {
         }
         let id = self.id_of(idx);
         let slot = &mut self.sockets[idx as usize];
-        slot.sock = None; // closes the fd
+        let mut sock = slot.sock.take().expect("live");
         slot.gen = slot.gen.wrapping_add(1);
         self.free_sockets.push(idx);
         self.stats.sockets -= 1;
-        self.events.push_back(Event::Closed { socket: id });
+        if sock.release {
+            // Handed back, not closed: `release` takes it from here.
+            self.released = sock.fd.take();
+        } else {
+            self.events.push_back(Event::Closed { socket: id });
+        }
+        drop(sock); // closes the fd, unless released
         if self.listeners.iter().any(|l| l.paused) {
             self.resume_accepts();
         }

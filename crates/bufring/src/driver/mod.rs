@@ -315,6 +315,8 @@ pub struct Driver {
     ready: Option<OwnedFd>,
     /// The ring defers task work (IORING_SETUP_DEFER_TASKRUN).
     deferred: bool,
+    /// The fd of a socket being released, once its requests have ended.
+    released: Option<OwnedFd>,
     /// The kernel takes multishot receives (Linux 6.0); found out at the first refusal.
     multishot_recv: bool,
     /// The kernel takes a byte limit on multishot receives (Linux 6.17); found out likewise.

@@ -123,7 +123,7 @@ impl Driver {
         if self
             .pools
             .iter()
-            .any(|p| p.elastic.target > p.elastic.min || p.pool.stats().parked > 0)
+            .any(|p| p.elastic.target > p.elastic.min || p.pool.parked() > 0)
         {
             cut(self.window_start + self.cfg.window);
         }

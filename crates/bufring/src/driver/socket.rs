@@ -71,6 +71,8 @@ pub(super) struct Socket {
     pub(super) close_after_send: bool,
     /// Being closed: cancels sent, waiting for its requests to end.
     pub(super) closing: bool,
+    /// Being released: once its requests end, the fd goes back to the caller, not closed.
+    pub(super) release: bool,
     /// A connect is in flight.
     pub(super) connecting: bool,
     /// The user_data of its receive, send and connect in flight.
@@ -106,6 +108,7 @@ impl Socket {
             shutdown: false,
             close_after_send: false,
             closing: false,
+            release: false,
             connecting: false,
             recv_op: None,
             send_op: None,

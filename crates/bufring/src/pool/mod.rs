@@ -259,6 +259,11 @@ impl Pool {
         }
     }
 
+    /// Buffers parked (see [`set_posted_target`](Self::set_posted_target)).
+    pub(crate) fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
     /// Buffers the kernel holds now (posted, or partly filled).
     #[inline]
     fn posted(&self) -> u32 {
