@@ -201,6 +201,45 @@ fn echo_server_on_legacy_provided_buffers() {
     );
 }
 
+/// Proves a pool built for bundles serves the driver's receives as bundles (one completion,
+/// several buffers, every chunk queued in order): 8 clients echo 512 KiB each, checked.
+#[test]
+fn echo_server_on_a_bundle_pool() {
+    let Some(mut d) = driver(Driver::builder()) else {
+        return;
+    };
+    let pool = match d.add_pool(Pool::builder(0).count(64).buf_len(4096).bundles(true)) {
+        Ok(p) => p,
+        Err(Error::Unsupported { feature }) => {
+            eprintln!("SKIPPED: no bundles here ({feature})");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let addr = listen(&mut d);
+    let mut clients: Vec<_> = (0..8)
+        .map(|i| Some(client(addr, 512 * 1024, 70 + i, Duration::ZERO)))
+        .collect();
+    let mut done = 0;
+    run_until(
+        &mut d,
+        Duration::from_secs(60),
+        |d, ev| echo(d, pool, 256 * 1024, ev),
+        |_| {
+            for c in clients.iter_mut() {
+                if c.as_ref().is_some_and(|h| h.is_finished()) {
+                    assert_eq!(c.take().unwrap().join().unwrap(), 512 * 1024);
+                    done += 1;
+                }
+            }
+            done == 8
+        },
+    );
+    let s = d.pool_stats()[0];
+    eprintln!("{s:?}");
+    assert!(s.bundles > 0, "no bundle completion: {s:?}");
+}
+
 /// Proves a tiny pool (4 buffers of 4 KiB) cannot deadlock with traffic both ways: 8 clients
 /// upload and download 1 MiB each at once through an echo server whose clients read slowly,
 /// three runs, every byte checked. Spills move held chunks to the heap when the pool is dry,

@@ -121,12 +121,15 @@ impl Driver {
             .clamp(1, u32::MAX as usize) as u32;
         let throttled = sock.throttled;
         let p = &self.pools[pool].pool;
-        let (e, multishot, limited) = if !multishot || (throttled && !limit) {
-            (p.recv(fd), false, false)
-        } else if limit {
-            (p.recv_multishot_limit(fd, room), true, true)
-        } else {
-            (p.recv_multishot(fd), true, false)
+        // Bundles where the pool was built for them: one completion may bring several buffers.
+        let bundles = p.bundles_declared();
+        let (e, multishot, limited) = match (!multishot || (throttled && !limit), limit) {
+            (true, _) if bundles => (p.recv_bundle(fd), false, false),
+            (true, _) => (p.recv(fd), false, false),
+            (false, true) if bundles => (p.recv_multishot_bundle_limit(fd, room), true, true),
+            (false, true) => (p.recv_multishot_limit(fd, room), true, true),
+            (false, false) if bundles => (p.recv_multishot_bundle(fd), true, false),
+            (false, false) => (p.recv_multishot(fd), true, false),
         };
         let ud = self.ops.insert(Op::Recv {
             sock: idx,

@@ -259,6 +259,15 @@ impl Pool {
         }
     }
 
+    /// Whether the pool was built for bundle receives ([`PoolBuilder::bundles`]), on a ring.
+    pub(crate) fn bundles_declared(&self) -> bool {
+        matches!(self.feed, Feed::Ring(_))
+            && self
+                .built
+                .bundles
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Buffers parked (see [`set_posted_target`](Self::set_posted_target)).
     pub(crate) fn parked(&self) -> usize {
         self.parked.len()

@@ -84,17 +84,31 @@ impl Pool {
     /// with a burst of completions. Older kernels refuse it with EINVAL.
     #[must_use = "an SQE does nothing until it is pushed"]
     pub fn recv_multishot_limit(&self, fd: impl Into<Target>, limit: u32) -> squeue::Entry {
-        let e = self.recv_multishot(fd);
-        // The io-uring crate has no setter for optlen: write the field in place.
-        // SAFETY: `Entry` is a repr(C) wrapper around the 64-byte io_uring_sqe, plain old data
-        // in which every bit pattern is a valid value (the kernel checks what it reads); bytes
-        // 44..48 are the optlen/file_index union, which a socket receive does not otherwise use.
-        let mut raw: [u8; 64] = unsafe { std::mem::transmute(e) };
-        raw[44..48].copy_from_slice(&limit.max(1).to_ne_bytes());
-        // SAFETY: as above, any 64 bytes are a valid `Entry` value.
-        unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(raw) }
+        with_limit(self.recv_multishot(fd), limit)
     }
 
+    /// [`recv_multishot_bundle`](Self::recv_multishot_bundle) with the byte limit of
+    /// [`recv_multishot_limit`](Self::recv_multishot_limit) (6.17; a bundle completion does not
+    /// go past it on 6.18).
+    #[must_use = "an SQE does nothing until it is pushed"]
+    pub fn recv_multishot_bundle_limit(&self, fd: impl Into<Target>, limit: u32) -> squeue::Entry {
+        with_limit(self.recv_multishot_bundle(fd), limit)
+    }
+}
+
+/// Sets a multishot receive's byte limit (sqe->optlen).
+fn with_limit(e: squeue::Entry, limit: u32) -> squeue::Entry {
+    // The io-uring crate has no setter for optlen: write the field in place.
+    // SAFETY: `Entry` is a repr(C) wrapper around the 64-byte io_uring_sqe, plain old data in
+    // which every bit pattern is a valid value (the kernel checks what it reads); bytes 44..48
+    // are the optlen/file_index union, which a socket receive does not otherwise use.
+    let mut raw: [u8; 64] = unsafe { std::mem::transmute(e) };
+    raw[44..48].copy_from_slice(&limit.max(1).to_ne_bytes());
+    // SAFETY: as above, any 64 bytes are a valid `Entry` value.
+    unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(raw) }
+}
+
+impl Pool {
     /// A bundle receive (IORING_RECVSEND_BUNDLE, Linux 6.10): one completion may cover several
     /// buffers in ring order ([`Completion::Data`](crate::Completion::Data) then carries one
     /// chunk per buffer). From now on the pool accepts completions that span buffers. On
