@@ -1115,3 +1115,46 @@ fn release_hands_the_socket_back_open() {
     back.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"after");
 }
+
+/// Proves a client socket works through the driver from the start: `recv` and `send` called
+/// right after `connect`, before it completes, take effect once connected.
+#[test]
+fn connect_then_recv_and_send_at_once() {
+    let Some(mut d) = driver(Driver::builder()) else {
+        return;
+    };
+    let pool = d.add_pool(Pool::builder(0).count(4).buf_len(4096)).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let s = d
+        .connect(l.local_addr().unwrap(), Some(Duration::from_secs(5)))
+        .unwrap();
+    d.recv(s, pool).unwrap();
+    d.send_bytes(s, b"hello".to_vec()).unwrap();
+    // The connect goes out with the driver's next run: accept on another thread.
+    let reader = thread::spawn(move || {
+        let (mut peer, _) = l.accept().unwrap();
+        let mut buf = [0u8; 5];
+        peer.read_exact(&mut buf).unwrap();
+        peer.write_all(b"world").unwrap();
+        (peer, buf)
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut connected = false;
+    while d.queued(s).unwrap() < 5 {
+        assert!(Instant::now() < deadline, "{:?}", d.stats());
+        d.run_once(Some(Duration::from_millis(20))).unwrap();
+        while let Some(ev) = d.next_event() {
+            if let Event::Connected { result, .. } = ev {
+                result.unwrap();
+                connected = true;
+            }
+        }
+    }
+    assert!(connected);
+    let (_peer, got) = reader.join().unwrap();
+    assert_eq!(&got, b"hello");
+    match d.read(s).unwrap() {
+        Some(Received::Data(c)) => assert_eq!(&c[..], b"world"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -156,10 +156,16 @@ impl Driver {
             }
             r => Err(io_err(-r)),
         };
+        let connected = result.is_ok();
         let id = self.id_of(idx);
         self.events
             .push_back(Event::Connected { socket: id, result });
-        self.start_send(idx);
+        if connected {
+            if self.at(idx).recv == RecvState::Paused {
+                self.arm_recv(idx);
+            }
+            self.start_send(idx);
+        }
     }
 
     pub(super) fn arm_accept(&mut self, li: usize) {

@@ -5,7 +5,8 @@ use super::*;
 
 impl Driver {
     /// Starts receiving on `s` into buffers of `pool`: what arrives is queued for
-    /// [`read`](Self::read), announced by [`Event::Readable`].
+    /// [`read`](Self::read), announced by [`Event::Readable`]. On a socket still
+    /// [connecting](Self::connect), receiving starts once it is connected.
     pub fn recv(&mut self, s: SocketId, pool: PoolId) -> Result<()> {
         let idx = self.live(s)?;
         if pool.0 >= self.pools.len() {
@@ -114,6 +115,11 @@ impl Driver {
         let Some(fd) = sock.fd.as_ref().map(|f| f.as_raw_fd()) else {
             return;
         };
+        if sock.connecting {
+            // Not connected yet: the connect's completion starts it.
+            sock.recv = RecvState::Paused;
+            return;
+        }
         sock.recv = RecvState::Armed;
         sock.inflight += 1;
         let room = quota
