@@ -37,7 +37,7 @@
 //!   shared state (a `Mutex` holding its queue of chunks and the task's `Waker`) and tokio
 //!   oneshot channels for replies;
 //! - the driver thread blocks in the ring itself, so the driver's
-//!   [`readiness_fd`](Driver::readiness_fd) is not needed, and the ring keeps
+//!   [`readiness_fd`](bufring::driver::Driver::readiness_fd) is not needed, and the ring keeps
 //!   IORING_SETUP_DEFER_TASKRUN on every kernel (6.1 and 6.12 included).
 //!
 //! The cost is a thread hop per batch: the driver thread moves chunks (pointers, not bytes)
