@@ -69,8 +69,10 @@ impl State {
 /// - The peer's end of stream ends the stream; a receive error (a reset) is one `Err` item,
 ///   then the end.
 /// - Cancel-safe: `poll_next` takes a chunk off the queue only when it returns it.
-/// - Dropping it closes the socket (after what was queued to send), and drops what was
-///   received and not taken.
+/// - Dropping it closes the socket once what was queued to send has gone (so a peer that
+///   never reads keeps it open until a send fails or the [`Uring`](crate::Uring) stops;
+///   [`reset`](Self::reset) closes at once), and drops what was received and not taken. The
+///   driver cancels the receive in flight and closes the fd when its requests have ended.
 ///
 /// See the [crate docs](crate) for backpressure and sending.
 pub struct RecvStream {
@@ -133,6 +135,17 @@ impl RecvStream {
     /// sent. Receiving goes on.
     pub fn shutdown_write(&self) -> impl Future<Output = io::Result<()>> + Send + 'static {
         self.sender.shutdown_write()
+    }
+
+    /// Closes the socket now with a reset (SO_LINGER 0): what was queued to send is dropped,
+    /// and the peer sees ECONNRESET rather than a clean end, so it cannot take a cut transfer
+    /// for a complete one.
+    pub fn reset(self) {
+        // If the driver thread has stopped, the socket is closed already. The `Close` of the
+        // drop that follows finds the stream gone.
+        let _ = self.sender.link.command(Cmd::Reset {
+            key: self.sender.key,
+        });
     }
 
     /// A handle that sends on this socket from another task. It fails with `NotConnected`

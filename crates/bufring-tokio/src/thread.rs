@@ -35,8 +35,10 @@ pub(crate) enum Cmd {
     },
     /// Shut the write side down after what is queued.
     Shutdown { key: u64, reply: Reply<()> },
-    /// The stream was dropped: close the socket.
+    /// The stream was dropped: close the socket (once what was queued to send has gone).
     Close { key: u64 },
+    /// Close the socket now with a reset.
+    Reset { key: u64 },
     /// Bytes in the driver's receive queue for the stream.
     Queued { key: u64, reply: Reply<usize> },
     /// The counters.
@@ -134,7 +136,12 @@ pub(crate) fn run(
         next_spill_check: Instant::now(),
         idle_spilled_bytes: 0,
     };
-    let end = t.serve();
+    // A panic in here must not leave tasks waiting for ever: end their streams, then drop the
+    // driver (which cancels and waits for its requests) as usual.
+    let end = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.serve())) {
+        Ok(end) => end,
+        Err(_) => io::Error::other("the bufring-tokio driver thread panicked"),
+    };
     t.finish(end);
 }
 
@@ -200,18 +207,8 @@ impl Thread {
                 };
                 let _ = reply.send(r);
             }
-            Cmd::Close { key } => {
-                self.full.remove(&key);
-                if let Some(e) = self.streams.remove(&key) {
-                    self.by_sid.remove(&e.sid);
-                    for reply in e.waiting {
-                        let _ = reply.send(Err(not_connected()));
-                    }
-                    // Closes once what was queued to send has gone; the driver cancels the
-                    // receive in flight and closes the fd when its requests have ended.
-                    let _ = self.driver.close(e.sid);
-                }
-            }
+            Cmd::Close { key } => self.close(key, false),
+            Cmd::Reset { key } => self.close(key, true),
             Cmd::Queued { key, reply } => {
                 let r = match self.streams.get(&key) {
                     Some(e) => self.driver.queued(e.sid).map_err(to_io),
@@ -229,6 +226,24 @@ impl Thread {
                 });
             }
             Cmd::Stop => unreachable!("handled by serve"),
+        }
+    }
+
+    /// Forgets the stream and closes its socket: once what was queued to send has gone, or
+    /// now with a reset. The driver cancels the receive in flight and closes the fd when its
+    /// requests have ended.
+    fn close(&mut self, key: u64, reset: bool) {
+        self.full.remove(&key);
+        if let Some(e) = self.streams.remove(&key) {
+            self.by_sid.remove(&e.sid);
+            for reply in e.waiting {
+                let _ = reply.send(Err(not_connected()));
+            }
+            let _ = if reset {
+                self.driver.reset(e.sid)
+            } else {
+                self.driver.close(e.sid)
+            };
         }
     }
 

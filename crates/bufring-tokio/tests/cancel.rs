@@ -95,6 +95,10 @@ async fn drop_mid_stream_current_thread() {
 /// streams drop inside the runtime and the driver closes the sockets; the peers see the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_waiting_tasks() {
+    timeout(LIMIT, abort_waiting()).await.expect("in time");
+}
+
+async fn abort_waiting() {
     let Some(uring) = common::uring(Builder::default()) else {
         return;
     };
@@ -138,6 +142,10 @@ async fn abort_waiting_tasks() {
 /// item (ConnectionAborted), then the end; sends fail.
 #[tokio::test(flavor = "current_thread")]
 async fn stream_outlives_uring() {
+    timeout(LIMIT, outlives()).await.expect("in time");
+}
+
+async fn outlives() {
     let Some(uring) = common::uring(Builder::default()) else {
         return;
     };

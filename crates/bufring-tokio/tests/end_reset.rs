@@ -170,3 +170,23 @@ async fn unix_and_std_sockets() {
     }
     assert_eq!(got, b"std stream");
 }
+
+/// `RecvStream::reset` closes at once with a reset: the peer's read fails with ECONNRESET
+/// even though a send was still queued.
+#[tokio::test(flavor = "current_thread")]
+async fn reset_from_our_side() {
+    let Some(uring) = uring() else { return };
+    let (mine, mut peer) = pair().await;
+    let s = uring.recv_stream(mine).unwrap();
+    peer.write_all(b"unread").await.unwrap();
+    s.send_bytes(vec![7u8; 10]).await.unwrap();
+    s.reset();
+    let run = async {
+        let mut buf = Vec::new();
+        match peer.read_to_end(&mut buf).await {
+            Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+            Ok(n) => panic!("a clean end after {n} bytes, not a reset"),
+        }
+    };
+    timeout(LIMIT, run).await.expect("in time");
+}

@@ -8,9 +8,10 @@ mod common;
 use std::time::Duration;
 
 use bufring_tokio::Builder;
-use common::{driver_threads, fill, next, pair, Checker};
+use common::{driver_threads, fill, next, pair, Checker, LIMIT};
 use tokio::io::AsyncWriteExt;
 use tokio::runtime::Runtime;
+use tokio::time::timeout;
 
 fn shut_down_with_receives_armed(rt: Runtime) {
     let leaks = bufring::leaks();
@@ -18,34 +19,39 @@ fn shut_down_with_receives_armed(rt: Runtime) {
         return;
     };
     assert_eq!(driver_threads(), 1);
+    // (The timer needs the runtime: made inside it.)
     let peers = rt.block_on(async {
-        let mut peers = Vec::new();
-        for k in 0..16u64 {
-            let (mine, mut peer) = pair().await;
-            let mut s = uring.recv_stream(mine).unwrap();
-            let keep = uring.clone();
-            peer.write_all(&fill(k, 0, 100_000)).await.unwrap();
-            // Half of them stop reading early, holding what they got.
-            let stop_at = if k % 2 == 0 { 10_000 } else { u64::MAX };
-            tokio::spawn(async move {
-                let _keep = keep;
-                let mut held = Vec::new();
-                let mut check = Checker::new(k);
-                while check.pos < stop_at {
-                    let Some(item) = next(&mut s).await else {
-                        break;
-                    };
-                    let c = item.unwrap();
-                    check.check(&c);
-                    held.push(c);
-                }
-                std::future::pending::<()>().await;
-            });
-            peers.push(peer);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        peers
+        timeout(LIMIT, async {
+            let mut peers = Vec::new();
+            for k in 0..16u64 {
+                let (mine, mut peer) = pair().await;
+                let mut s = uring.recv_stream(mine).unwrap();
+                let keep = uring.clone();
+                peer.write_all(&fill(k, 0, 100_000)).await.unwrap();
+                // Half of them stop reading early, holding what they got.
+                let stop_at = if k % 2 == 0 { 10_000 } else { u64::MAX };
+                tokio::spawn(async move {
+                    let _keep = keep;
+                    let mut held = Vec::new();
+                    let mut check = Checker::new(k);
+                    while check.pos < stop_at {
+                        let Some(item) = next(&mut s).await else {
+                            break;
+                        };
+                        let c = item.unwrap();
+                        check.check(&c);
+                        held.push(c);
+                    }
+                    std::future::pending::<()>().await;
+                });
+                peers.push(peer);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            peers
+        })
+        .await
     });
+    let peers = peers.expect("set up in time");
     drop(uring); // the tasks hold the last clones
     rt.shutdown_timeout(Duration::from_secs(10));
     assert_eq!(
