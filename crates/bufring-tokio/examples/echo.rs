@@ -7,13 +7,10 @@
 //!
 //! `cargo run -p bufring-tokio --example echo`
 
-use std::future::poll_fn;
 use std::io;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bufring_tokio::{RecvStream, Uring};
-use futures_core::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -24,14 +21,10 @@ fn byte(seed: u64, i: usize) -> u8 {
     ((i as u64 * 31 + seed * 7 + (i as u64 >> 9)) % 251) as u8
 }
 
-async fn next(s: &mut RecvStream) -> Option<io::Result<bufring_tokio::Chunk>> {
-    poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
-}
-
 /// Echoes one connection until its end; returns the bytes echoed.
 async fn serve(mut stream: RecvStream) -> io::Result<u64> {
     let mut echoed = 0;
-    while let Some(chunk) = next(&mut stream).await {
+    while let Some(chunk) = stream.recv().await {
         let chunk = chunk?;
         echoed += chunk.len() as u64;
         stream.send(chunk).await?; // from the pool buffer it arrived in

@@ -8,21 +8,19 @@
 //!
 //! ```no_run
 //! use bufring_tokio::Uring;
-//! use std::future::poll_fn;
-//! use std::pin::Pin;
-//! use futures_core::Stream;
 //! # async fn f() -> std::io::Result<()> {
 //! let uring = Uring::new()?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let (tcp, _) = listener.accept().await?;
 //! let mut stream = uring.recv_stream(tcp)?;
-//! while let Some(chunk) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
+//! while let Some(chunk) = stream.recv().await {
 //!     let chunk = chunk?; // a reset is an error, then the end
 //!     stream.send(chunk).await?; // echo, no copy: the driver sends from the pool buffer
 //! }
 //! # Ok(()) }
 //! ```
-//! (With `tokio-stream` or `futures`, `stream.next().await` reads the same.)
+//! `RecvStream` is a `futures_core::Stream` too: with `tokio-stream` or `futures`,
+//! `stream.next().await` reads the same, and the stream combinators apply.
 //!
 //! # Design: one driver thread per `Uring`
 //! The driver is `!Send`: one io_uring, submitted to and reaped by one thread. One driver per
@@ -96,7 +94,7 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -232,9 +230,11 @@ impl Builder {
         let (init_tx, init_rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel::<()>();
         let limit = self.stream_limit;
+        let pending = Arc::new(AtomicBool::new(false));
+        let thread_pending = Arc::clone(&pending);
         let thread = std::thread::Builder::new()
             .name("bufring-tokio".into())
-            .spawn(move || thread::run(self, rx, init_tx, done_tx))?;
+            .spawn(move || thread::run(self, rx, thread_pending, init_tx, done_tx))?;
         let waker = match init_rx.recv() {
             Ok(Ok(waker)) => waker,
             Ok(Err(e)) => {
@@ -249,6 +249,7 @@ impl Builder {
         let link = Arc::new(Link {
             tx,
             waker,
+            pending,
             next_key: AtomicU64::new(0),
             limit,
         });
@@ -265,6 +266,9 @@ impl Builder {
 pub(crate) struct Link {
     tx: mpsc::Sender<Cmd>,
     waker: DriverWaker,
+    /// A wake-up is on its way that the driver thread has not yet answered by taking the
+    /// commands: later commands need no wake-up of their own (one eventfd write per burst).
+    pending: Arc<AtomicBool>,
     next_key: AtomicU64,
     pub(crate) limit: usize,
 }
@@ -273,7 +277,12 @@ impl Link {
     /// Queues a command and wakes the driver thread.
     pub(crate) fn command(&self, cmd: Cmd) -> io::Result<()> {
         self.tx.send(cmd).map_err(|_| stopped())?;
-        self.waker.wake();
+        // SeqCst with the driver thread's clearing before it takes the commands: either it
+        // clears after this send (and takes the command), or this swap sees the flag clear and
+        // wakes it.
+        if !self.pending.swap(true, Ordering::SeqCst) {
+            self.waker.wake();
+        }
         Ok(())
     }
 }

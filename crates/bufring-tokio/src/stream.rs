@@ -97,6 +97,12 @@ impl RecvStream {
         }
     }
 
+    /// The next item: what [`Stream::poll_next`] gives, as a future (for code without a
+    /// `StreamExt`). Cancel-safe: a chunk is taken off the queue only when it is returned.
+    pub async fn recv(&mut self) -> Option<io::Result<Chunk>> {
+        std::future::poll_fn(|cx| self.poll_chunk(cx)).await
+    }
+
     /// Bytes received and waiting in this stream's queue (at most the
     /// [stream limit](crate::Builder::stream_limit); more may wait in the driver's queue).
     pub fn buffered(&self) -> usize {

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,9 @@ struct Thread {
     driver: Driver,
     pool: PoolId,
     rx: mpsc::Receiver<Cmd>,
+    /// Set by a command's sender when it wakes the thread; cleared here before taking the
+    /// commands.
+    pending: Arc<AtomicBool>,
     limit: usize,
     streams: HashMap<u64, Entry>,
     by_sid: HashMap<SocketId, u64>,
@@ -99,6 +103,7 @@ fn not_connected() -> io::Error {
 pub(crate) fn run(
     cfg: Builder,
     rx: mpsc::Receiver<Cmd>,
+    pending: Arc<AtomicBool>,
     init: mpsc::Sender<io::Result<DriverWaker>>,
     done: mpsc::Sender<()>,
 ) {
@@ -128,6 +133,7 @@ pub(crate) fn run(
         driver,
         pool,
         rx,
+        pending,
         limit: cfg.stream_limit,
         streams: HashMap::new(),
         by_sid: HashMap::new(),
@@ -149,6 +155,7 @@ impl Thread {
     /// Runs until `Stop` (`stopped()`) or a ring failure (its error).
     fn serve(&mut self) -> io::Error {
         loop {
+            self.pending.store(false, Ordering::SeqCst);
             loop {
                 match self.rx.try_recv() {
                     Ok(Cmd::Stop) | Err(mpsc::TryRecvError::Disconnected) => return stopped(),
@@ -160,7 +167,8 @@ impl Thread {
                 self.event(ev);
             }
             let wait = self.spill_idle();
-            // A command queued after the `try_recv` above wakes this wait (DriverWaker).
+            // A command queued after `pending` was cleared above wakes this wait (DriverWaker),
+            // if an earlier one has not already.
             if let Err(e) = self.driver.run_once(wait) {
                 return to_io(e);
             }

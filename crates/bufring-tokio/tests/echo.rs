@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use bufring_tokio::{Builder, Uring};
-use common::{fill, next, Checker, LIMIT};
+use common::{fill, Checker, LIMIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -54,7 +54,7 @@ async fn server(uring: Uring, listener: TcpListener) -> Vec<tokio::task::JoinHan
         let mut stream = uring.recv_stream(tcp).unwrap();
         tasks.push(tokio::spawn(async move {
             let mut echoed = 0u64;
-            while let Some(item) = next(&mut stream).await {
+            while let Some(item) = stream.recv().await {
                 let chunk = item.expect("no receive error in an echo");
                 echoed += chunk.len() as u64;
                 stream.send(chunk).await.unwrap();
