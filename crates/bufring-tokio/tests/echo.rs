@@ -135,3 +135,28 @@ async fn echo_64_tiny_pool() {
     };
     echo_many(uring).await;
 }
+
+/// The paths of older kernels on this one: incremental consumption emulated by bufring (what
+/// `Auto` picks before 6.12) and a ring without DEFER_TASKRUN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_64_emulated_incremental_no_defer() {
+    let b = Uring::builder()
+        .incremental(bufring::Incremental::Emulated)
+        .driver(bufring::driver::DriverBuilder::default().defer_taskrun(false));
+    let Some(uring) = common::uring(b) else {
+        return;
+    };
+    echo_many(uring).await;
+}
+
+/// Whole buffers per completion (no incremental consumption), on a current-thread runtime.
+#[tokio::test(flavor = "current_thread")]
+async fn echo_64_whole_buffers() {
+    let b = Uring::builder()
+        .incremental(bufring::Incremental::Off)
+        .buf_len(16 * 1024);
+    let Some(uring) = common::uring(b) else {
+        return;
+    };
+    echo_many(uring).await;
+}
