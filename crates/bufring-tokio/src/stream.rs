@@ -182,7 +182,7 @@ impl RecvStream {
             st.buffered -= c.len();
             st.taken = true;
             let limit = self.sender.link.limit;
-            if st.want_pull && st.buffered < limit / 2 {
+            if st.want_pull && st.buffered <= limit / 2 {
                 st.want_pull = false;
                 drop(st);
                 // If the driver thread has stopped, it has ended the stream already.

@@ -149,3 +149,27 @@ async fn stalled_consumer_is_bounded_and_others_flow() {
 async fn stalled_consumer_is_bounded_current_thread() {
     timeout(LIMIT, run()).await.expect("in time");
 }
+
+/// The smallest stream limit (1 byte: one chunk at a time) still moves everything.
+#[tokio::test(flavor = "current_thread")]
+async fn one_byte_stream_limit_still_flows() {
+    let Some(uring) = common::uring(Uring::builder().stream_limit(1)) else {
+        return;
+    };
+    let (mine, mut peer) = pair().await;
+    let mut s = uring.recv_stream(mine).unwrap();
+    let writer = tokio::spawn(async move {
+        peer.write_all(&fill(9, 0, 2 << 20)).await.unwrap();
+        peer.shutdown().await.unwrap();
+    });
+    let run = async {
+        let mut check = Checker::new(9);
+        while let Some(item) = next(&mut s).await {
+            check.check(&item.unwrap());
+            assert!(s.buffered() <= 64 * 1024, "one chunk at most");
+        }
+        assert_eq!(check.pos, 2 << 20);
+        writer.await.unwrap();
+    };
+    timeout(LIMIT, run).await.expect("in time");
+}
