@@ -378,3 +378,16 @@ impl Uring {
         rx.await.map_err(|_| stopped())
     }
 }
+
+// What the docs promise: the handle and the streams go anywhere tasks go.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    const fn unpin<T: Unpin>() {}
+    send_sync::<Uring>();
+    send_sync::<RecvStream>();
+    send_sync::<StreamSender>();
+    send_sync::<BytesStream>();
+    send_sync::<ChunkReader>();
+    unpin::<RecvStream>();
+    unpin::<ChunkReader>();
+};
