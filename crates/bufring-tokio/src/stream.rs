@@ -1,0 +1,364 @@
+//! A stream's side: the queue it shares with the driver thread, the `Stream` of chunks, sends,
+//! and the `Bytes` and `AsyncRead` adapters.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use futures_core::Stream;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::oneshot;
+
+use crate::thread::Cmd;
+use crate::{stopped, Chunk, Link};
+
+/// What a stream and the driver thread share.
+#[derive(Default)]
+pub(crate) struct Shared {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    /// Chunks moved out of the driver's receive queue, in stream order.
+    pub(crate) queue: VecDeque<Chunk>,
+    /// Their bytes.
+    pub(crate) buffered: usize,
+    /// How the stream ended (end of file, or an error), not yet handed to the task.
+    pub(crate) end: Option<io::Result<()>>,
+    /// The end was handed to the task: only `None` from here.
+    finished: bool,
+    /// The driver thread stopped moving at the limit: ask it for more under half of it.
+    pub(crate) want_pull: bool,
+    /// The task took something since the driver thread last looked (idle spill).
+    pub(crate) taken: bool,
+    /// The task waiting for data.
+    waker: Option<Waker>,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere while holding the lock leaves a consistent queue: go on.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    /// Wakes the task, if one waits.
+    pub(crate) fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Ends the stream with `e` unless it has ended already.
+    pub(crate) fn abort(&mut self, e: io::Error) {
+        if self.end.is_none() && !self.finished {
+            self.end = Some(Err(e));
+            self.wake();
+        }
+    }
+}
+
+/// The bytes received on one socket, as a [`Stream`] of [`Chunk`]s, in order.
+///
+/// - The peer's end of stream ends the stream; a receive error (a reset) is one `Err` item,
+///   then the end.
+/// - Cancel-safe: `poll_next` takes a chunk off the queue only when it returns it.
+/// - Dropping it closes the socket once what was queued to send has gone (so a peer that
+///   never reads keeps it open until a send fails or the [`Uring`](crate::Uring) stops;
+///   [`reset`](Self::reset) closes at once), and drops what was received and not taken. The
+///   driver cancels the receive in flight and closes the fd when its requests have ended.
+///
+/// See the [crate docs](crate) for backpressure and sending.
+pub struct RecvStream {
+    sender: StreamSender,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RecvStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvStream")
+            .field("key", &self.sender.key)
+            .field("buffered", &self.buffered())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecvStream {
+    pub(crate) fn new(link: Arc<Link>, key: u64, shared: Arc<Shared>) -> RecvStream {
+        RecvStream {
+            sender: StreamSender { link, key },
+            shared,
+        }
+    }
+
+    /// The next item: what [`Stream::poll_next`] gives, as a future (for code without a
+    /// `StreamExt`). Cancel-safe: a chunk is taken off the queue only when it is returned.
+    pub async fn recv(&mut self) -> Option<io::Result<Chunk>> {
+        std::future::poll_fn(|cx| self.poll_chunk(cx)).await
+    }
+
+    /// Bytes received and waiting in this stream's queue (at most the
+    /// [stream limit](crate::Builder::stream_limit); more may wait in the driver's queue).
+    pub fn buffered(&self) -> usize {
+        self.shared.lock().buffered
+    }
+
+    /// Bytes waiting in the driver's receive queue for this socket (a query to the driver
+    /// thread). Bounded by the driver's receive quota, plus what one batch brings.
+    pub async fn driver_queued(&self) -> io::Result<usize> {
+        let (reply, rx) = oneshot::channel();
+        self.sender.link.command(Cmd::Queued {
+            key: self.sender.key,
+            reply,
+        })?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Queues `chunk` to send on this socket (from its own memory: a received chunk is sent
+    /// without a copy). The chunk is queued when this is called, so sends keep the order of
+    /// the calls whether or not their futures are awaited; the future resolves once the
+    /// driver has it and less than the stream limit waits to be sent (backpressure on the
+    /// sender), or with the error of a failed send.
+    pub fn send(&self, chunk: Chunk) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        self.sender.send(chunk)
+    }
+
+    /// [`send`](Self::send) for bytes on the heap (not copied again).
+    pub fn send_bytes(
+        &self,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        self.sender.send_bytes(bytes)
+    }
+
+    /// Shuts the write side down (the peer reads end of stream) once everything queued is
+    /// sent. Receiving goes on.
+    pub fn shutdown_write(&self) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        self.sender.shutdown_write()
+    }
+
+    /// Closes the socket now with a reset (SO_LINGER 0): what was queued to send is dropped,
+    /// and the peer sees ECONNRESET rather than a clean end, so it cannot take a cut transfer
+    /// for a complete one.
+    pub fn reset(self) {
+        // If the driver thread has stopped, the socket is closed already. The `Close` of the
+        // drop that follows finds the stream gone.
+        let _ = self.sender.link.command(Cmd::Reset {
+            key: self.sender.key,
+        });
+    }
+
+    /// A handle that sends on this socket from another task. It fails with `NotConnected`
+    /// once the stream is dropped.
+    pub fn sender(&self) -> StreamSender {
+        self.sender.clone()
+    }
+
+    /// An adapter yielding [`Bytes`]: each chunk wrapped with `Bytes::from_owner`, without a
+    /// copy (the pool buffer goes back when the last `Bytes` of it is dropped).
+    pub fn into_bytes_stream(self) -> BytesStream {
+        BytesStream { inner: self }
+    }
+
+    /// An [`AsyncRead`] adapter. It **copies** each chunk's bytes into the caller's
+    /// [`ReadBuf`] (that is what `AsyncRead` asks for); use the stream itself, or
+    /// [`into_bytes_stream`](Self::into_bytes_stream), to keep zero copy.
+    pub fn into_async_read(self) -> ChunkReader {
+        ChunkReader {
+            inner: self,
+            current: None,
+        }
+    }
+
+    fn poll_chunk(&self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Chunk>>> {
+        let mut st = self.shared.lock();
+        if let Some(c) = st.queue.pop_front() {
+            st.buffered -= c.len();
+            st.taken = true;
+            let limit = self.sender.link.limit;
+            if st.want_pull && st.buffered <= limit / 2 {
+                st.want_pull = false;
+                drop(st);
+                // If the driver thread has stopped, it has ended the stream already.
+                let _ = self.sender.link.command(Cmd::Pull {
+                    key: self.sender.key,
+                });
+            }
+            return Poll::Ready(Some(Ok(c)));
+        }
+        match st.end.take() {
+            Some(end) => {
+                st.finished = true;
+                Poll::Ready(end.err().map(Err))
+            }
+            None if st.finished => Poll::Ready(None),
+            None => {
+                match &st.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => st.waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Stream for RecvStream {
+    type Item = io::Result<Chunk>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.poll_chunk(cx)
+    }
+}
+
+impl Drop for RecvStream {
+    fn drop(&mut self) {
+        // If the driver thread has stopped, the socket is closed already.
+        let _ = self.sender.link.command(Cmd::Close {
+            key: self.sender.key,
+        });
+    }
+}
+
+/// Sends on a [`RecvStream`]'s socket from anywhere (`Clone + Send + Sync`).
+#[derive(Clone)]
+pub struct StreamSender {
+    link: Arc<Link>,
+    key: u64,
+}
+
+impl std::fmt::Debug for StreamSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamSender")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The reply to a command, or the error of sending it.
+async fn reply(sent: io::Result<()>, rx: oneshot::Receiver<io::Result<()>>) -> io::Result<()> {
+    sent?;
+    rx.await.map_err(|_| stopped())?
+}
+
+impl StreamSender {
+    /// See [`RecvStream::send`].
+    pub fn send(&self, chunk: Chunk) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.link.command(Cmd::Send {
+            key: self.key,
+            chunk,
+            reply: tx,
+        });
+        reply(sent, rx)
+    }
+
+    /// See [`RecvStream::send_bytes`].
+    pub fn send_bytes(
+        &self,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        let sent = Chunk::try_from(bytes)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "more than 4 GiB at once"));
+        let (tx, rx) = oneshot::channel();
+        let sent = sent.and_then(|chunk| {
+            self.link.command(Cmd::Send {
+                key: self.key,
+                chunk,
+                reply: tx,
+            })
+        });
+        reply(sent, rx)
+    }
+
+    /// See [`RecvStream::shutdown_write`].
+    pub fn shutdown_write(&self) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.link.command(Cmd::Shutdown {
+            key: self.key,
+            reply: tx,
+        });
+        reply(sent, rx)
+    }
+}
+
+/// A [`RecvStream`] yielding [`Bytes`] (zero copy: `Bytes::from_owner(chunk)`).
+#[derive(Debug)]
+pub struct BytesStream {
+    inner: RecvStream,
+}
+
+impl BytesStream {
+    /// The stream of chunks back.
+    pub fn into_inner(self) -> RecvStream {
+        self.inner
+    }
+
+    /// The stream of chunks, to send or query through.
+    pub fn get_ref(&self) -> &RecvStream {
+        &self.inner
+    }
+}
+
+impl Stream for BytesStream {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner
+            .poll_chunk(cx)
+            .map(|item| item.map(|r| r.map(Bytes::from_owner)))
+    }
+}
+
+/// An [`AsyncRead`] over a [`RecvStream`] that copies chunk bytes into the caller's buffer
+/// (see [`RecvStream::into_async_read`]). A reset is an error once, then end of file.
+#[derive(Debug)]
+pub struct ChunkReader {
+    inner: RecvStream,
+    current: Option<Chunk>,
+}
+
+impl ChunkReader {
+    /// The stream of chunks, to send or query through.
+    pub fn get_ref(&self) -> &RecvStream {
+        &self.inner
+    }
+}
+
+impl AsyncRead for ChunkReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if let Some(c) = &mut this.current {
+                let n = c.len().min(buf.remaining());
+                buf.put_slice(&c[..n]);
+                if n == c.len() {
+                    this.current = None;
+                } else {
+                    c.advance(n);
+                }
+                return Poll::Ready(Ok(()));
+            }
+            match this.inner.poll_chunk(cx) {
+                Poll::Ready(Some(Ok(c))) if c.is_empty() => {}
+                Poll::Ready(Some(Ok(c))) => this.current = Some(c),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Cancellation: a stream dropped mid-transfer (and a task aborted while it waits on one)
+//! closes its socket and gives every buffer back; a stream that outlives its `Uring` ends with
+//! an error item. Nothing leaks.
+
+mod common;
+
+use std::time::Duration;
+
+use bufring_tokio::{Builder, Uring};
+use common::{fill, next, pair, Checker, LIMIT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{sleep, timeout, Instant};
+
+/// Waits (bounded) until the driver has no stream, no socket and no chunk out.
+async fn settled(uring: &Uring) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = uring.stats().await.unwrap();
+        if s.streams == 0 && s.driver.sockets == 0 && s.pool.with_app == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not settled: {s:?}");
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// An echo round trip on a fresh stream: the `Uring` still works.
+async fn still_works(uring: &Uring) {
+    let (mine, mut peer) = pair().await;
+    let mut s = uring.recv_stream(mine).unwrap();
+    peer.write_all(b"still here").await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let c = next(&mut s).await.unwrap().unwrap();
+        got.extend_from_slice(&c);
+        s.send(c).await.unwrap();
+    }
+    assert_eq!(got, b"still here");
+    let mut back = [0u8; 10];
+    peer.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"still here");
+}
+
+async fn drop_mid_stream() {
+    let Some(uring) = common::uring(Builder::default()) else {
+        return;
+    };
+    let leaks = bufring::leaks();
+    let (mine, mut peer) = pair().await;
+    let mut s = uring.recv_stream(mine).unwrap();
+    const TOTAL: usize = 64 << 20;
+    let writer = tokio::spawn(async move {
+        let mut at = 0;
+        while at < TOTAL {
+            let n = (256 * 1024).min(TOTAL - at);
+            if peer.write_all(&fill(3, at as u64, n)).await.is_err() {
+                return at; // the reset that follows the close
+            }
+            at += n;
+        }
+        at
+    });
+    let mut check = Checker::new(3);
+    while check.pos < 1 << 20 {
+        check.check(&next(&mut s).await.unwrap().unwrap());
+    }
+    // Holds a chunk past the stream's drop: it stays valid, and gives its buffer back later.
+    let held = next(&mut s).await.unwrap().unwrap();
+    drop(s);
+    check.check(&held);
+    drop(held);
+    let written = timeout(Duration::from_secs(10), writer)
+        .await
+        .expect("the writer sees the close")
+        .unwrap();
+    assert!(written < TOTAL, "the peer's writes failed after the close");
+    settled(&uring).await;
+    still_works(&uring).await;
+    settled(&uring).await;
+    drop(uring);
+    assert_eq!(bufring::leaks(), leaks);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_mid_stream_multi_thread() {
+    timeout(LIMIT, drop_mid_stream()).await.expect("in time");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn drop_mid_stream_current_thread() {
+    timeout(LIMIT, drop_mid_stream()).await.expect("in time");
+}
+
+/// Tasks waiting on their streams (receives armed, nothing arriving) are aborted: their
+/// streams drop inside the runtime and the driver closes the sockets; the peers see the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_waiting_tasks() {
+    timeout(LIMIT, abort_waiting()).await.expect("in time");
+}
+
+async fn abort_waiting() {
+    let Some(uring) = common::uring(Builder::default()) else {
+        return;
+    };
+    let leaks = bufring::leaks();
+    let mut peers = Vec::new();
+    let mut tasks = Vec::new();
+    for k in 0..16u64 {
+        let (mine, mut peer) = pair().await;
+        let mut s = uring.recv_stream(mine).unwrap();
+        peer.write_all(&fill(k, 0, 1000)).await.unwrap();
+        peers.push(peer);
+        tasks.push(tokio::spawn(async move {
+            let mut check = Checker::new(k);
+            while let Some(item) = next(&mut s).await {
+                check.check(&item.unwrap());
+            }
+            unreachable!("the peer never ends the stream");
+        }));
+    }
+    sleep(Duration::from_millis(50)).await;
+    for t in &tasks {
+        t.abort();
+    }
+    for t in tasks {
+        assert!(t.await.unwrap_err().is_cancelled());
+    }
+    for mut p in peers {
+        let mut buf = [0u8; 16];
+        let n = timeout(Duration::from_secs(10), p.read(&mut buf))
+            .await
+            .expect("the peer sees the close")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "end of stream (or a reset) at the peer");
+    }
+    settled(&uring).await;
+    drop(uring);
+    assert_eq!(bufring::leaks(), leaks);
+}
+
+/// A stream that outlives the last `Uring`: what was received is still there, then an error
+/// item (ConnectionAborted), then the end; sends fail.
+#[tokio::test(flavor = "current_thread")]
+async fn stream_outlives_uring() {
+    timeout(LIMIT, outlives()).await.expect("in time");
+}
+
+async fn outlives() {
+    let Some(uring) = common::uring(Builder::default()) else {
+        return;
+    };
+    let leaks = bufring::leaks();
+    let (mine, mut peer) = pair().await;
+    let mut s = uring.recv_stream(mine).unwrap();
+    peer.write_all(b"before").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.buffered() < 6 {
+        assert!(Instant::now() < deadline, "nothing received");
+        sleep(Duration::from_millis(5)).await;
+    }
+    drop(uring); // joins the driver thread
+    let mut got = Vec::new();
+    let err = loop {
+        match next(&mut s).await {
+            Some(Ok(c)) => got.extend_from_slice(&c),
+            Some(Err(e)) => break e,
+            None => panic!("the end without the error"),
+        }
+    };
+    assert_eq!(got, b"before");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted);
+    assert!(next(&mut s).await.is_none());
+    assert!(s.send_bytes(b"x".to_vec()).await.is_err());
+    // The driver closed the socket when it stopped.
+    let mut buf = [0u8; 8];
+    let n = timeout(Duration::from_secs(10), peer.read(&mut buf))
+        .await
+        .expect("the peer sees the close")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    drop(s);
+    assert_eq!(bufring::leaks(), leaks);
+}

@@ -1,0 +1,98 @@
+//! Shared helpers: a `Uring` or a clear skip, a pattern to verify streams against, peers on
+//! loopback, and `next` for streams without a futures crate.
+#![allow(dead_code)]
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bufring_tokio::{Builder, Uring};
+use futures_core::Stream;
+use tokio::net::{TcpListener, TcpStream};
+
+/// A `Uring` from `b`, or `None` (and a message) where the kernel refuses io_uring. With
+/// BUFRING_REQUIRE_URING=1 a refusal fails the test instead.
+pub fn uring(b: Builder) -> Option<Uring> {
+    match b.build() {
+        Ok(u) => Some(u),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::Unsupported | io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            if std::env::var("BUFRING_REQUIRE_URING").as_deref() == Ok("1") {
+                panic!("io_uring unavailable ({e}) and BUFRING_REQUIRE_URING=1");
+            }
+            eprintln!("SKIPPED: io_uring unavailable here ({e}); set BUFRING_REQUIRE_URING=1 to fail instead");
+            None
+        }
+        Err(e) => panic!("building the Uring: {e}"),
+    }
+}
+
+/// The next item of a stream.
+pub async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+    poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
+}
+
+/// Byte `i` of stream `seed`: not periodic in any power of two, so a lost, repeated or
+/// reordered piece shows.
+pub fn pattern(seed: u64, i: u64) -> u8 {
+    (i.wrapping_mul(31)
+        .wrapping_add(seed.wrapping_mul(7))
+        .wrapping_add(i >> 9)
+        % 251) as u8
+}
+
+/// `len` bytes of stream `seed` from position `at`.
+pub fn fill(seed: u64, at: u64, len: usize) -> Vec<u8> {
+    (0..len as u64).map(|k| pattern(seed, at + k)).collect()
+}
+
+/// Checks received bytes against the pattern, position by position.
+pub struct Checker {
+    pub seed: u64,
+    pub pos: u64,
+}
+
+impl Checker {
+    pub fn new(seed: u64) -> Self {
+        Checker { seed, pos: 0 }
+    }
+
+    pub fn check(&mut self, bytes: &[u8]) {
+        for (k, &b) in bytes.iter().enumerate() {
+            let at = self.pos + k as u64;
+            assert_eq!(
+                b,
+                pattern(self.seed, at),
+                "stream {} differs at byte {at}",
+                self.seed
+            );
+        }
+        self.pos += bytes.len() as u64;
+    }
+}
+
+/// A connected pair on loopback: (the side given to the Uring, the peer).
+pub async fn pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (c, a) = tokio::join!(TcpStream::connect(addr), l.accept());
+    (a.unwrap().0, c.unwrap())
+}
+
+/// Every test finishes within this.
+pub const LIMIT: Duration = Duration::from_secs(60);
+
+/// Threads of this process named like the driver thread.
+pub fn driver_threads() -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    dir.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim() == "bufring-tokio")
+        .count()
+}
