@@ -106,6 +106,7 @@ fn fanin_reports_every_contender() {
     ]);
     let all = [
         "tokio",
+        "tokio-bufring",
         "uring-fixed",
         "pool",
         "pool-inc",
@@ -118,6 +119,23 @@ fn fanin_reports_every_contender() {
         .find(|l| l["contender"] == "pool-inc" && l["figure"] == "utilization")
         .expect("pool-inc utilization");
     assert!(util["median"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn rr_reports_every_contender() {
+    if !uring_available() {
+        return;
+    }
+    let lines = bench(&["rr", "--conns", "16", "--secs", "0.2", "--rounds", "1"]);
+    let all = ["tokio", "tokio-bufring"];
+    check(&lines, &all, "req_per_s", &all);
+    for figure in ["p50_us", "p99_us", "server_cpu_us_per_req"] {
+        let f = lines
+            .iter()
+            .find(|l| l["contender"] == "tokio-bufring" && l["figure"] == figure)
+            .unwrap_or_else(|| panic!("tokio-bufring {figure}"));
+        assert!(f["median"].as_f64().unwrap() > 0.0, "{f}");
+    }
 }
 
 #[test]

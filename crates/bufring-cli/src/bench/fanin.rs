@@ -51,6 +51,9 @@ const INC_BUF: usize = 64 * KIB;
 enum Recv {
     /// tokio TcpStream per connection, a 16 KiB buffer each (current-thread runtime).
     Tokio,
+    /// The same runtime and a task per connection, each reading a `bufring_tokio::RecvStream`
+    /// from one shared `bufring_tokio::Uring` (its driver thread, one incremental pool).
+    TokioBufring,
     /// io_uring recv per connection into its own 16 KiB buffer.
     UringFixed,
     /// bufring pool, multishot recv per connection, shared buffers of `buf_len`.
@@ -65,6 +68,7 @@ impl Recv {
     fn name(self) -> String {
         let (base, mode) = match self {
             Recv::Tokio => return "tokio".into(),
+            Recv::TokioBufring => return "tokio-bufring".into(),
             Recv::UringFixed => return "uring-fixed".into(),
             Recv::Pool { mode, .. } => ("pool", mode),
             Recv::Driver { mode, .. } => ("driver", mode),
@@ -128,11 +132,15 @@ impl Contender for FaninContender {
         sys::pin(sys::receiver_cpu());
         sys::reset_peak_rss();
         let mut conns = self.conns.borrow_mut();
+        let conns = &mut *conns;
         let fds: Vec<RawFd> = conns.rx.iter().map(|s| s.as_raw_fd()).collect();
         let want = (msg_size * messages) as u64;
         let mut go = Clock::new(&mut conns.sender, messages, seed);
         let r = match self.recv {
             Recv::Tokio => tokio_receive(&fds, want, &mut go),
+            Recv::TokioBufring => {
+                tokio_bufring_receive(&mut conns.rx, self.pool_mem, want, &mut go)
+            }
             Recv::UringFixed => uring_fixed(&fds, want, &mut go),
             Recv::Pool { mode, buf_len } => {
                 pool_receive(&fds, mode, buf_len, self.pool_mem, want, &mut go)
@@ -164,7 +172,8 @@ impl Contender for FaninContender {
     }
 }
 
-/// The receiver's start line and finish: wall time and the receiving thread's CPU time.
+/// The receiver's start line and finish: wall time and the receiving thread's CPU time (the
+/// whole process's for receivers with threads of their own).
 struct Clock<'a> {
     sender: &'a mut Sender,
     messages: usize,
@@ -173,6 +182,7 @@ struct Clock<'a> {
     t0: Instant,
     cpu0: f64,
     t1: Option<(Instant, f64)>,
+    cpu: fn() -> f64,
 }
 
 impl<'a> Clock<'a> {
@@ -185,27 +195,26 @@ impl<'a> Clock<'a> {
             t0: Instant::now(),
             cpu0: 0.0,
             t1: None,
+            cpu: sys::thread_cpu_secs,
         }
     }
 
     /// Set up: start the clocks and tell the sender to go.
     fn start(&mut self) -> std::io::Result<()> {
         self.started = true;
-        self.cpu0 = sys::thread_cpu_secs();
+        self.cpu0 = (self.cpu)();
         self.t0 = Instant::now();
         self.sender.go(self.messages, self.seed)
     }
 
     /// Everything received (teardown is not measured).
     fn stop(&mut self) {
-        self.t1 = Some((Instant::now(), sys::thread_cpu_secs()));
+        self.t1 = Some((Instant::now(), (self.cpu)()));
     }
 
     /// Wall seconds and CPU seconds between start and stop.
     fn elapsed(&self) -> (f64, f64) {
-        let (t1, cpu1) = self
-            .t1
-            .unwrap_or_else(|| (Instant::now(), sys::thread_cpu_secs()));
+        let (t1, cpu1) = self.t1.unwrap_or_else(|| (Instant::now(), (self.cpu)()));
         (
             t1.duration_since(self.t0).as_secs_f64().max(1e-9),
             cpu1 - self.cpu0,
@@ -450,6 +459,260 @@ fn tokio_receive(fds: &[RawFd], want: u64, go: &mut Clock) -> BenchResult<RecvOu
         committed: fds.len() * CONN_BUF,
         ..RecvOut::default()
     })
+}
+
+/// `tokio_receive`'s runtime and task per connection, each task reading its connection
+/// through a `bufring_tokio::RecvStream` of one shared `Uring` (one driver thread, one
+/// incremental pool of `pool_mem` in 64 KiB buffers, rings of the raw contenders' sizes).
+///
+/// - Descriptors: bufring-tokio closes the fd a stream owns and cannot hand it back (no
+///   `release`), and a duplicate per connection for the whole round would need twice the
+///   descriptors (20,256 for 10,000 connections, over a hard limit of 20,000 here). So the
+///   streams are lent the connections' own fds, and [`hand_back`] takes them back in batches
+///   after the round: a duplicate of each fd (`try_clone_to_owned`, same open file
+///   description), then the stream is dropped (its driver cancels the receive and closes the
+///   lent fd), and the connection's `TcpStream` becomes the duplicate. Then the tasks go, and
+///   the `Uring` (its drop stops the driver thread, whose driver cancels what is left and
+///   waits, and joins it); the round checks that the process has as many descriptors open as
+///   before it.
+/// - CPU per message is the whole process's CPU time (the tokio thread and the driver thread,
+///   which inherits the receiver's CPU pinning), not the receiving thread's alone.
+/// - Receive memory: `UringStats` has no resident bytes, so the round asks `mincore` about the
+///   address range its pool chunks covered (see [`Span`]); peak RSS covers everything else.
+fn tokio_bufring_receive(
+    rx: &mut [TcpStream],
+    pool_mem: usize,
+    want: u64,
+    go: &mut Clock,
+) -> BenchResult<RecvOut> {
+    use std::cell::Cell;
+    use std::future::Future;
+    use std::task::Poll;
+    let need = (rx.len() + HAND_BACK_BATCH + 256) as u64;
+    let limit = sys::raise_nofile(need);
+    if limit < need {
+        return Err(format!(
+            "tokio-bufring needs {need} descriptors; RLIMIT_NOFILE allows {limit} (use --conns)"
+        )
+        .into());
+    }
+    let fds_before = open_fds();
+    let (sq, cq) = ring_sizes(rx.len());
+    let uring = bufring_tokio::Uring::builder()
+        .buffers((pool_mem / INC_BUF).max(1))
+        .buf_len(INC_BUF)
+        .driver(
+            bufring::driver::Driver::builder()
+                .entries(sq)
+                .cq_entries(cq),
+        )
+        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    let got = Rc::new(Cell::new(0u64));
+    let done = Rc::new(tokio::sync::Notify::new());
+    let span = Rc::new(Span::default());
+    // The streams, where `hand_back` can take them from the tasks.
+    let streams: Rc<RefCell<Vec<Option<bufring_tokio::RecvStream>>>> =
+        Rc::new(RefCell::new(Vec::with_capacity(rx.len())));
+    let r: BenchResult<RecvOut> = (|| {
+        for (i, s) in rx.iter().enumerate() {
+            // SAFETY: lent, not given: the connection's `TcpStream` keeps the number and does
+            // not close it while the stream's driver owns it; `hand_back` gives the
+            // connection a duplicate before the driver closes this fd. (If the driver thread
+            // had died, the failed command closes it: the later rounds then fail with EBADF.)
+            let fd = unsafe { OwnedFd::from_raw_fd(s.as_raw_fd()) };
+            streams.borrow_mut().push(Some(uring.recv_stream(fd)?));
+            let (streams, got, done, span) = (
+                Rc::clone(&streams),
+                Rc::clone(&got),
+                Rc::clone(&done),
+                Rc::clone(&span),
+            );
+            local.spawn_local(async move {
+                loop {
+                    // `stream.recv().await`, with the stream borrowed only while polled (the
+                    // future is cancel-safe; once the stream is taken the task waits for good).
+                    let item = std::future::poll_fn(|cx| match streams.borrow_mut()[i].as_mut() {
+                        Some(stream) => std::pin::pin!(stream.recv()).poll(cx),
+                        None => Poll::Pending,
+                    })
+                    .await;
+                    // An error item (a reset, or the driver thread stopping) ends the task.
+                    let Some(Ok(chunk)) = item else { return };
+                    span.note(&chunk);
+                    got.set(got.get() + chunk.len() as u64);
+                    if got.get() >= want {
+                        done.notify_one();
+                    }
+                }
+            });
+        }
+        let stats = || {
+            rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), uring.stats()).await
+            })
+            .map_err(|_| "bufring-tokio stats timed out")
+        };
+        // The driver thread takes commands in order: once it answers this, every stream is open
+        // and its receive queued (submitted by the thread's next wait, right after).
+        let opened = stats()??.streams;
+        if opened != rx.len() {
+            return Err(format!("{opened} of {} streams open", rx.len()).into());
+        }
+        go.cpu = process_cpu_secs;
+        go.start()?;
+        let r = rt.block_on(
+            local.run_until(async { tokio::time::timeout(RUN_TIMEOUT, done.notified()).await }),
+        );
+        go.stop();
+        r.map_err(|_| "tokio-bufring receive timed out")?;
+        let stats = stats()??;
+        if span.off_pool.get() > 0 {
+            eprintln!(
+                "bench: tokio-bufring: {} B came in heap copies: rx_mem_mib may miss their pages",
+                span.off_pool.get()
+            );
+        }
+        let resident = span.resident()?;
+        Ok(RecvOut {
+            committed: resident as usize,
+            resident: Some(resident),
+            utilization: Some(stats.pool.utilization()),
+            enobufs: stats.pool.enobufs,
+        })
+    })();
+    if let Err(e) = hand_back(rx, &streams) {
+        // Streams not handed back still own connections' fds: keep them (and the driver
+        // thread) alive for good rather than close what the bench still uses.
+        std::mem::forget(local);
+        std::mem::forget(streams);
+        std::mem::forget(uring);
+        return Err(format!("taking the connections back from bufring-tokio: {e}").into());
+    }
+    // The tasks, then the last `Uring` handle: its drop joins the driver thread (at most 5 s).
+    drop(local);
+    drop(rt);
+    drop(uring);
+    for s in rx.iter() {
+        sys::set_nonblocking(s.as_raw_fd(), false)?;
+    }
+    let fds_after = open_fds();
+    if fds_after != fds_before {
+        return Err(format!(
+            "descriptors open before the round {fds_before:?}, after it {fds_after:?}: \
+             bufring-tokio did not close every fd"
+        )
+        .into());
+    }
+    r
+}
+
+/// Connections [`hand_back`] takes back at a time: the extra descriptors it needs.
+const HAND_BACK_BATCH: usize = 512;
+
+/// Gives each connection whose fd a stream was lent a duplicate of it, and drops the stream
+/// (its driver closes the lent fd), a batch at a time, waiting (bounded) for the driver thread
+/// to close a batch's fds before the next. An error leaves the streams not yet handed back
+/// alive.
+fn hand_back(
+    rx: &mut [TcpStream],
+    streams: &RefCell<Vec<Option<bufring_tokio::RecvStream>>>,
+) -> BenchResult<()> {
+    use std::os::fd::AsFd;
+    let n = streams.borrow().len();
+    let mut slow = false;
+    for start in (0..n).step_by(HAND_BACK_BATCH) {
+        let end = (start + HAND_BACK_BATCH).min(n);
+        let base = open_fds().ok_or("/proc/self/fd unreadable")?;
+        let dups = rx[start..end]
+            .iter()
+            .map(|s| s.as_fd().try_clone_to_owned())
+            .collect::<std::io::Result<Vec<OwnedFd>>>()?;
+        for (i, dup) in (start..end).zip(dups) {
+            streams.borrow_mut()[i] = None;
+            // The lent number is the driver's to close: forget it, never close it here.
+            let _ = std::mem::replace(&mut rx[i], TcpStream::from(dup)).into_raw_fd();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while open_fds().is_some_and(|now| now > base) {
+            if Instant::now() > deadline {
+                slow = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    if slow {
+        // The connections are all back; the descriptor check after the round tells more.
+        eprintln!("bench: tokio-bufring: the driver thread was slow to close lent fds");
+    }
+    Ok(())
+}
+
+/// User + system CPU seconds of the whole process so far (every thread, ended ones included).
+pub(super) fn process_cpu_secs() -> f64 {
+    // SAFETY: getrusage writes one rusage struct, which we provide zeroed.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 * 1e-6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+/// Descriptors open in this process (entries of /proc/self/fd), if readable.
+fn open_fds() -> Option<usize> {
+    std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
+}
+
+/// The address range the pool chunks of a round lay in. A fresh pool's pages are resident only
+/// where the kernel wrote data, which every chunk of the round shows, and the range lies inside
+/// the pool's one mapping; so the resident pages of the range (`mincore`) are the pool's, the
+/// measure `Pool::resident_bytes` takes of the whole mapping for the driver contenders.
+#[derive(Default)]
+struct Span {
+    lo: std::cell::Cell<usize>,
+    hi: std::cell::Cell<usize>,
+    /// Bytes of chunks copied out of the pool (their pool pages are not in the range).
+    off_pool: std::cell::Cell<u64>,
+}
+
+impl Span {
+    fn note(&self, chunk: &bufring::Chunk) {
+        if !chunk.in_pool() {
+            self.off_pool.set(self.off_pool.get() + chunk.len() as u64);
+            return;
+        }
+        let a = chunk.as_ptr() as usize;
+        let b = a + chunk.len();
+        if self.hi.get() == 0 || a < self.lo.get() {
+            self.lo.set(a);
+        }
+        self.hi.set(self.hi.get().max(b));
+    }
+
+    /// Resident bytes of the pages of the range; call while the pool is alive.
+    fn resident(&self) -> std::io::Result<u64> {
+        let (lo, hi) = (self.lo.get(), self.hi.get());
+        if hi <= lo {
+            return Ok(0);
+        }
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let (start, end) = (lo / page * page, hi.div_ceil(page) * page);
+        let mut vec = vec![0u8; (end - start) / page];
+        // SAFETY: the range lies in the pool's mapping, alive while the `Uring` is; `vec` has
+        // one byte per page of it.
+        let r = unsafe { libc::mincore(start as *mut libc::c_void, end - start, vec.as_mut_ptr()) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(vec.iter().filter(|&&b| b & 1 != 0).count() as u64 * page as u64)
+    }
 }
 
 /// The io_uring of the io_uring contenders. With thousands of requests armed, every arrival
@@ -766,7 +1029,7 @@ pub fn run(args: &Args, common: &Common) -> BenchResult<Vec<Scenario>> {
     let pool_mem = args.pool_mem.unwrap_or(4 << 20);
     let conns = Rc::new(RefCell::new(Sender::spawn(n, args.msg_size)?));
     let pools = [(Incremental::Off, CONN_BUF), (Incremental::Kernel, INC_BUF)];
-    let recvs = [Recv::Tokio, Recv::UringFixed]
+    let recvs = [Recv::Tokio, Recv::TokioBufring, Recv::UringFixed]
         .into_iter()
         .chain(pools.map(|(mode, buf_len)| Recv::Pool { mode, buf_len }))
         .chain(pools.map(|(mode, buf_len)| Recv::Driver { mode, buf_len }));

@@ -12,6 +12,7 @@ mod c;
 mod fanin;
 mod hotpath;
 mod report;
+mod rr;
 mod stream;
 mod sys;
 
@@ -56,6 +57,8 @@ enum Workload {
     Fanin(fanin::Args),
     /// User-space cost per completion on a fabricated completion stream.
     Hotpath(hotpath::Args),
+    /// Request/response latency: tokio's server against bufring-tokio's.
+    Rr(rr::Args),
     /// The sending side of `fanin`, run by it as a child process.
     #[command(hide = true)]
     FaninSender(fanin::SenderArgs),
@@ -68,6 +71,7 @@ pub fn run(args: Args) -> crate::CliResult {
         Workload::Stream(a) => stream::run(&a, &args.common),
         Workload::Fanin(a) => fanin::run(&a, &args.common),
         Workload::Hotpath(a) => hotpath::run(&a, &args.common),
+        Workload::Rr(a) => rr::run(&a, &args.common),
         Workload::FaninSender(a) => return fanin::sender_main(&a),
     }
     .map_err(|e| e.to_string())?;
