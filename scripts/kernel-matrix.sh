@@ -4,6 +4,7 @@
 #
 #   scripts/kernel-matrix.sh            everything (CI runs this)
 #   KMATRIX_HOST=0 ...                  without the host column
+#   KMATRIX_ONLY="driver tokio_echo" ... only these test binaries
 #   KMATRIX_KERNELS="pkg ..." ...       other kernel packages than the pinned ones; SUITE:pkg
 #                                       for another Debian suite, e.g. Debian 11's 5.10 (no
 #                                       buffer rings, not in CI: docs/kernels.md):
@@ -185,6 +186,8 @@ static_cargo() {
 say "building static test binaries and the CLI (target $TRIPLE, crt-static, $TARGET)"
 # `model`: the tests that use the pool's test hooks need it (crates/bufring/Cargo.toml).
 static_cargo test --no-run -p bufring --tests --features model >"$WORK/tests.json"
+# The tokio integration's tests, staged as tokio_<name> (its `echo` would meet the example's).
+static_cargo test --no-run -p bufring-tokio --tests >"$WORK/tokio-tests.json"
 static_cargo build -p bufring-cli --bin bufring >"$WORK/cli.json"
 EXAMPLES=()
 if [ -d crates/bufring/examples ]; then
@@ -197,6 +200,10 @@ while read -r name path; do
     cp "$path" "$WORK/stage/$name"
     TESTS+=("$name")
 done < <(executables "$WORK/tests.json" test | sort)
+while read -r name path; do
+    cp "$path" "$WORK/stage/tokio_$name"
+    TESTS+=("tokio_$name")
+done < <(executables "$WORK/tokio-tests.json" test | sort)
 read -r _ cli < <(executables "$WORK/cli.json" bin)
 cp "$cli" "$WORK/stage/bufring"
 if [ -f "$WORK/examples.json" ]; then
@@ -209,6 +216,14 @@ for f in "$WORK"/stage/*; do
     # A static (or static-pie) executable has no program interpreter.
     if readelf -l "$f" | grep -q 'program interpreter'; then die "$f is not statically linked"; fi
 done
+if [ -n "${KMATRIX_ONLY:-}" ]; then
+    # Only these test binaries (names as above), for a quick look at one test on the kernels.
+    keep=()
+    for t in "${TESTS[@]}"; do
+        case " $KMATRIX_ONLY " in *" $t "*) keep+=("$t") ;; esac
+    done
+    TESTS=("${keep[@]}")
+fi
 say "in each guest: ${TESTS[*]} probe demo(classic emulated incremental bundle) ${EXAMPLES[*]:-}"
 
 if [ -n "${KVM_CHECK:-}" ]; then

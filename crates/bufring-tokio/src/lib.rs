@@ -159,6 +159,7 @@ pub struct Builder {
     pub(crate) incremental: Incremental,
     pub(crate) stream_limit: usize,
     pub(crate) idle_spill: Option<Duration>,
+    pub(crate) max_wait: Option<Duration>,
     pub(crate) driver: DriverBuilder,
 }
 
@@ -171,6 +172,7 @@ impl Default for Builder {
             incremental: Incremental::Auto,
             stream_limit: 256 * 1024,
             idle_spill: Some(Duration::from_millis(100)),
+            max_wait: None,
             driver: DriverBuilder::default(),
         }
     }
@@ -214,6 +216,15 @@ impl Builder {
     /// the heap, giving their pool buffers back (default 100 ms); `None`: never.
     pub fn idle_spill(mut self, after: Option<Duration>) -> Self {
         self.idle_spill = after;
+        self
+    }
+
+    /// The longest the driver thread sleeps in the ring before looking at its commands again
+    /// (default: no limit; commands wake it). Under valgrind, which holds its lock while a
+    /// thread blocks in `io_uring_enter`, a limit keeps the other threads running: the tests
+    /// set one when `BUFRING_UNDER_VALGRIND` is set.
+    pub fn max_wait(mut self, wait: Option<Duration>) -> Self {
+        self.max_wait = wait;
         self
     }
 

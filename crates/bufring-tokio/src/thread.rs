@@ -68,6 +68,7 @@ struct Thread {
     /// Streams whose queue was full at the last move (idle spill candidates).
     full: HashSet<u64>,
     idle_spill: Option<Duration>,
+    max_wait: Option<Duration>,
     next_spill_check: Instant,
     idle_spilled_bytes: u64,
 }
@@ -139,6 +140,7 @@ pub(crate) fn run(
         by_sid: HashMap::new(),
         full: HashSet::new(),
         idle_spill: cfg.idle_spill,
+        max_wait: cfg.max_wait,
         next_spill_check: Instant::now(),
         idle_spilled_bytes: 0,
     };
@@ -166,7 +168,10 @@ impl Thread {
             while let Some(ev) = self.driver.next_event() {
                 self.event(ev);
             }
-            let wait = self.spill_idle();
+            let wait = match (self.spill_idle(), self.max_wait) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             // A command queued after `pending` was cleared above wakes this wait (DriverWaker),
             // if an earlier one has not already.
             if let Err(e) = self.driver.run_once(wait) {

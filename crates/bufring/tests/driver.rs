@@ -998,7 +998,7 @@ fn the_readiness_fd_polls_readable_for_a_runtime() {
         d.poll().unwrap();
         assert!(
             !poll_readable(fd, Duration::from_millis(50)),
-            "readable with nothing to do"
+            "readable with nothing to do (deferred task work: {defer})"
         );
         let writer = thread::spawn(move || {
             thread::sleep(Duration::from_millis(100));
@@ -1008,7 +1008,7 @@ fn the_readiness_fd_polls_readable_for_a_runtime() {
         let start = Instant::now();
         assert!(
             poll_readable(fd, Duration::from_secs(5)),
-            "data came but the fd never polled readable"
+            "data came but the fd never polled readable (deferred task work: {defer})"
         );
         assert!(
             start.elapsed() < Duration::from_secs(2),
@@ -1034,7 +1034,7 @@ fn the_readiness_fd_polls_readable_for_a_runtime() {
         let start = Instant::now();
         assert!(
             poll_readable(fd, Duration::from_secs(5)),
-            "woken but the fd never polled readable"
+            "woken but the fd never polled readable (deferred task work: {defer})"
         );
         assert!(
             start.elapsed() < Duration::from_secs(2),

@@ -164,14 +164,14 @@ impl DriverBuilder {
                 // One thread submits and reaps (6.0). TASKRUN_FLAG: the kernel flags deferred
                 // work in the SQ ring, so a non-waiting step (`poll`) knows to enter with
                 // GETEVENTS and run it.
+                // No COOP_TASKRUN here: it lets task work wait for the thread's next kernel
+                // entry, and a runtime polling the ring fd (no deferred work) sleeps in poll(2)
+                // meanwhile, never woken.
                 let mut single = plain.clone();
-                single
-                    .setup_single_issuer()
-                    .setup_coop_taskrun()
-                    .setup_taskrun_flag();
+                single.setup_single_issuer().setup_taskrun_flag();
                 // Completions processed when the driver enters, not on interrupts (6.1).
                 let mut deferring = single.clone();
-                deferring.setup_defer_taskrun();
+                deferring.setup_coop_taskrun().setup_defer_taskrun();
                 let first = if self.defer_taskrun {
                     deferring.build(self.entries)
                 } else {
