@@ -220,9 +220,9 @@ impl Builder {
     }
 
     /// The longest the driver thread sleeps in the ring before looking at its commands again
-    /// (default: no limit; commands wake it). Under valgrind, which holds its lock while a
-    /// thread blocks in `io_uring_enter`, a limit keeps the other threads running: the tests
-    /// set one when `BUFRING_UNDER_VALGRIND` is set.
+    /// (default: no limit; commands wake it). Under valgrind's memcheck, which holds its lock
+    /// while a thread blocks in `io_uring_enter`, a limit lets the other threads run now and
+    /// then (slowly).
     pub fn max_wait(mut self, wait: Option<Duration>) -> Self {
         self.max_wait = wait;
         self

@@ -82,9 +82,9 @@ pub(crate) fn buffer_ring_missing() -> bool {
 
 /// Whether the kernel signals an eventfd registered with a ring that defers task work
 /// (IORING_SETUP_DEFER_TASKRUN) when such work is queued, rather than only when completions
-/// are posted (6.1 and 6.12 do the latter, 6.18 the former). Tried once on a scratch ring: a
-/// read of a pipe is armed, a byte written, and the eventfd polled without waiting (the work is
-/// queued by the write itself).
+/// are posted (6.12 does the latter, 6.18 the former). Tried once on a scratch ring set up as
+/// the driver's: a receive on a socket pair is armed, a byte written, and the eventfd polled
+/// without waiting (the work is queued by the write itself).
 pub(crate) fn deferred_work_signals_eventfd() -> bool {
     static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ANSWER.get_or_init(try_deferred_eventfd)
@@ -92,19 +92,27 @@ pub(crate) fn deferred_work_signals_eventfd() -> bool {
 
 fn try_deferred_eventfd() -> bool {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // The driver's own ring setup, and a socket receive: what `readiness_fd` has to signal.
     let Ok(mut ring) = IoUring::<io_uring::squeue::Entry>::builder()
         .setup_single_issuer()
+        .setup_taskrun_flag()
+        .setup_coop_taskrun()
         .setup_defer_taskrun()
         .build(2)
     else {
         return false;
     };
     let mut fds = [0; 2];
-    // SAFETY: pipe2 and eventfd write the fds into the live array / return a fresh fd.
+    // SAFETY: socketpair and eventfd write the fds into the live array / return a fresh fd.
     let (efd, pipe_ok) = unsafe {
         (
             libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK),
-            libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) == 0,
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            ) == 0,
         )
     };
     if efd < 0 || !pipe_ok {
@@ -123,13 +131,13 @@ fn try_deferred_eventfd() -> bool {
     }
     let mut byte = Box::new(0u8);
     let read =
-        io_uring::opcode::Read::new(io_uring::types::Fd(rd.as_raw_fd()), &mut *byte, 1).build();
+        io_uring::opcode::Recv::new(io_uring::types::Fd(rd.as_raw_fd()), &mut *byte, 1).build();
     // SAFETY: the byte is boxed and kept until the read's completion has been reaped below (or
     // leaked if it never comes).
     if unsafe { ring.submission().push(&read) }.is_err() || ring.submit().is_err() {
         return false;
     }
-    // SAFETY: writes one byte from a live u8 to the pipe we own.
+    // SAFETY: writes one byte from a live u8 to the socket we own.
     unsafe { libc::write(wr.as_raw_fd(), (&1u8 as *const u8).cast(), 1) };
     let mut p = libc::pollfd {
         fd: efd.as_raw_fd(),

@@ -14,12 +14,6 @@ use tokio::net::{TcpListener, TcpStream};
 /// A `Uring` from `b`, or `None` (and a message) where the kernel refuses io_uring. With
 /// BUFRING_REQUIRE_URING=1 a refusal fails the test instead.
 pub fn uring(b: Builder) -> Option<Uring> {
-    // Under memcheck a thread blocked in io_uring_enter holds valgrind's lock: bound the wait.
-    let b = if std::env::var_os("BUFRING_UNDER_VALGRIND").is_some() {
-        b.max_wait(Some(std::time::Duration::from_millis(5)))
-    } else {
-        b
-    };
     match b.build() {
         Ok(u) => Some(u),
         Err(e)

@@ -71,7 +71,8 @@ impl Driver {
     /// also signals work deferred by IORING_SETUP_DEFER_TASKRUN, which the kernel runs only when
     /// the driver enters the ring.
     ///
-    /// On kernels that signal such an eventfd only when completions are posted (6.1 and 6.12),
+    /// On kernels that signal such an eventfd only when completions are posted (6.12, and 6.1
+    /// as the kernel matrix saw it),
     /// a ring with deferred task work cannot be driven this way: this fails with
     /// [`Error::Unsupported`] ([`Feature::DeferredEventfd`](crate::Feature::DeferredEventfd));
     /// build the driver with [`DriverBuilder::defer_taskrun`]`(false)` there.
