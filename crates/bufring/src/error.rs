@@ -27,8 +27,8 @@ pub enum Feature {
     ReadMultishot,
     /// Explicit 2 MiB huge pages (MAP_HUGETLB) for the buffer memory.
     HugePages,
-    /// An eventfd registered with a ring that defers task work is signalled when the work is
-    /// queued (what a runtime needs to drive such a ring).
+    /// An eventfd registered with the driver's ring wakes a thread polling it when data
+    /// arrives for a receive (what a runtime needs to drive the ring from its own loop).
     DeferredEventfd,
 }
 
@@ -63,7 +63,9 @@ impl Feature {
             Feature::IncrementalBundles => "Linux 6.15",
             Feature::ReadMultishot => "Linux 6.7",
             Feature::HugePages => "any kernel with huge pages reserved (vm.nr_hugepages)",
-            Feature::DeferredEventfd => "a kernel after 6.12 (6.18 has it; 6.1 and 6.12 do not)",
+            Feature::DeferredEventfd => {
+                "a kernel after 6.12 (6.18 has it; 6.12 does not, 6.1 not with deferred task work)"
+            }
         }
     }
 }

@@ -80,31 +80,34 @@ pub(crate) fn buffer_ring_missing() -> bool {
     IoUring::new(4).is_ok_and(|ring| BufRing::builder(PROBE_BGID, 1).register(&ring).is_err())
 }
 
-/// Whether the kernel signals an eventfd registered with a ring that defers task work
-/// (IORING_SETUP_DEFER_TASKRUN) when such work is queued, rather than only when completions
-/// are posted (6.12 does the latter, 6.18 the former). Tried once on a scratch ring set up as
-/// the driver's: a receive on a socket pair is armed, a byte written, and the eventfd polled
-/// without waiting (the work is queued by the write itself).
-pub(crate) fn deferred_work_signals_eventfd() -> bool {
-    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ANSWER.get_or_init(try_deferred_eventfd)
+/// Whether an eventfd registered with a ring set up as the driver's (`deferred`: with
+/// IORING_SETUP_DEFER_TASKRUN) becomes readable, for a thread sleeping in poll(2) on it, when
+/// data arrives for a receive armed on that ring: what `Driver::readiness_fd` promises. 6.18
+/// does both; 6.12 neither (it signals only once completions are posted, which needs the
+/// thread to enter the ring); 6.1 not with deferred task work. Tried once per mode on a scratch
+/// ring: a receive on a socket pair is armed, another thread writes a byte 20 ms later, and
+/// this thread polls the eventfd for up to 500 ms.
+pub(crate) fn receive_signals_eventfd(deferred: bool) -> bool {
+    static DEFERRED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static PLAIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let cell = if deferred { &DEFERRED } else { &PLAIN };
+    *cell.get_or_init(|| try_receive_eventfd(deferred))
 }
 
-fn try_deferred_eventfd() -> bool {
+fn try_receive_eventfd(deferred: bool) -> bool {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    // The driver's own ring setup, and a socket receive: what `readiness_fd` has to signal.
-    let Ok(mut ring) = IoUring::<io_uring::squeue::Entry>::builder()
-        .setup_single_issuer()
-        .setup_taskrun_flag()
-        .setup_coop_taskrun()
-        .setup_defer_taskrun()
-        .build(2)
-    else {
+    // The driver's own ring setup (see `DriverBuilder::build`), and a socket receive.
+    let mut b = IoUring::<io_uring::squeue::Entry>::builder();
+    b.setup_single_issuer().setup_taskrun_flag();
+    if deferred {
+        b.setup_coop_taskrun().setup_defer_taskrun();
+    }
+    let Ok(mut ring) = b.build(2) else {
         return false;
     };
     let mut fds = [0; 2];
     // SAFETY: socketpair and eventfd write the fds into the live array / return a fresh fd.
-    let (efd, pipe_ok) = unsafe {
+    let (efd, pair_ok) = unsafe {
         (
             libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK),
             libc::socketpair(
@@ -115,7 +118,7 @@ fn try_deferred_eventfd() -> bool {
             ) == 0,
         )
     };
-    if efd < 0 || !pipe_ok {
+    if efd < 0 || !pair_ok {
         return false;
     }
     // SAFETY: fresh fds nothing else owns.
@@ -130,23 +133,28 @@ fn try_deferred_eventfd() -> bool {
         return false;
     }
     let mut byte = Box::new(0u8);
-    let read =
+    let recv =
         io_uring::opcode::Recv::new(io_uring::types::Fd(rd.as_raw_fd()), &mut *byte, 1).build();
-    // SAFETY: the byte is boxed and kept until the read's completion has been reaped below (or
-    // leaked if it never comes).
-    if unsafe { ring.submission().push(&read) }.is_err() || ring.submit().is_err() {
+    // SAFETY: the byte is boxed and kept until the receive's completion has been reaped below
+    // (or leaked if it never comes).
+    if unsafe { ring.submission().push(&recv) }.is_err() || ring.submit().is_err() {
         return false;
     }
-    // SAFETY: writes one byte from a live u8 to the socket we own.
-    unsafe { libc::write(wr.as_raw_fd(), (&1u8 as *const u8).cast(), 1) };
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // SAFETY: writes one byte from a live u8 to the socket the thread owns.
+        unsafe { libc::write(wr.as_raw_fd(), (&1u8 as *const u8).cast(), 1) };
+        wr
+    });
     let mut p = libc::pollfd {
         fd: efd.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     };
-    // SAFETY: poll(2) on one live pollfd, without waiting.
-    let signalled = unsafe { libc::poll(&mut p, 1, 0) } == 1;
-    // Reap the read so that its buffer may go.
+    // SAFETY: poll(2) on one live pollfd.
+    let signalled = unsafe { libc::poll(&mut p, 1, 500) } == 1;
+    let _wr = writer.join();
+    // Reap the receive so that its buffer may go.
     let done = ring
         .submitter()
         .submit_with_args(

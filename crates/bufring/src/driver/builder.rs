@@ -208,6 +208,7 @@ impl DriverBuilder {
             notify,
             wake_armed: false,
             ready: None,
+            custom_ring: self.ring.is_some(),
             released: None,
             deferred,
             multishot_recv: true,

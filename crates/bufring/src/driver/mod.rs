@@ -315,6 +315,8 @@ pub struct Driver {
     ready: Option<OwnedFd>,
     /// The ring defers task work (IORING_SETUP_DEFER_TASKRUN).
     deferred: bool,
+    /// The ring came from the user's builder (`DriverBuilder::ring_builder`).
+    custom_ring: bool,
     /// The fd of a socket being released, once its requests have ended.
     released: Option<OwnedFd>,
     /// The kernel takes multishot receives (Linux 6.0); found out at the first refusal.

@@ -71,14 +71,15 @@ impl Driver {
     /// also signals work deferred by IORING_SETUP_DEFER_TASKRUN, which the kernel runs only when
     /// the driver enters the ring.
     ///
-    /// On kernels that signal such an eventfd only when completions are posted (6.12, and 6.1
-    /// as the kernel matrix saw it),
-    /// a ring with deferred task work cannot be driven this way: this fails with
-    /// [`Error::Unsupported`] ([`Feature::DeferredEventfd`](crate::Feature::DeferredEventfd));
-    /// build the driver with [`DriverBuilder::defer_taskrun`]`(false)` there.
+    /// Where the kernel does not wake a thread polling that eventfd when data arrives for a
+    /// receive (tried once, on a scratch ring set up like this driver's), this fails with
+    /// [`Error::Unsupported`] ([`Feature::DeferredEventfd`](crate::Feature::DeferredEventfd)):
+    /// 6.12 does not, with or without deferred task work, nor 6.1 with it; 6.18 does. There,
+    /// drive the driver from a thread of its own blocked in [`run_once`](Self::run_once), as
+    /// `bufring-tokio` does. (A ring from [`DriverBuilder::ring_builder`] is not checked.)
     pub fn readiness_fd(&mut self) -> Result<BorrowedFd<'_>> {
         if self.ready.is_none() {
-            if self.deferred && !crate::probe::deferred_work_signals_eventfd() {
+            if !self.custom_ring && !crate::probe::receive_signals_eventfd(self.deferred) {
                 return Err(Error::Unsupported {
                     feature: crate::Feature::DeferredEventfd,
                 });
