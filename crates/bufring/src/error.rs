@@ -64,7 +64,7 @@ impl Feature {
             Feature::ReadMultishot => "Linux 6.7",
             Feature::HugePages => "any kernel with huge pages reserved (vm.nr_hugepages)",
             Feature::DeferredEventfd => {
-                "a kernel after 6.12 (6.18 has it; 6.12 does not, 6.1 not with deferred task work)"
+                "Linux 6.13 or later where a trial works (6.18 has it; 6.1 and 6.12 do not)"
             }
         }
     }

@@ -72,7 +72,8 @@ impl Driver {
     /// the driver enters the ring.
     ///
     /// Where the kernel does not wake a thread polling that eventfd when data arrives for a
-    /// receive (tried once, on a scratch ring set up like this driver's), this fails with
+    /// receive (kernels before 6.13, and any where a trial on a scratch ring set up like this
+    /// driver's fails), this fails with
     /// [`Error::Unsupported`] ([`Feature::DeferredEventfd`](crate::Feature::DeferredEventfd)):
     /// 6.12 does not, with or without deferred task work, nor 6.1 with it; 6.18 does. There,
     /// drive the driver from a thread of its own blocked in [`run_once`](Self::run_once), as
