@@ -49,6 +49,46 @@ fn pump(d: &mut Driver, s: SocketId, max_unsent: usize) {
     }
 }
 
+/// Runs the driver until `s` has at least `n` bytes queued (at most 5 s).
+fn wait_queued(d: &mut Driver, s: SocketId, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while d.queued(s).unwrap() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} bytes: {:?} {:?}",
+            d.queued(s).unwrap(),
+            d.stats(),
+            d.pool_stats()
+        );
+        d.run_once(Some(Duration::from_millis(20))).unwrap();
+    }
+}
+
+/// Runs the echo server until every client has finished, each having checked `want` bytes.
+fn echo_until_done(
+    d: &mut Driver,
+    pool: PoolId,
+    max_unsent: usize,
+    limit: Duration,
+    clients: Vec<thread::JoinHandle<usize>>,
+    want: usize,
+) {
+    let mut clients: Vec<_> = clients.into_iter().map(Some).collect();
+    run_until(
+        d,
+        limit,
+        |d, ev| echo(d, pool, max_unsent, ev),
+        |_| {
+            for c in clients.iter_mut() {
+                if c.as_ref().is_some_and(|h| h.is_finished()) {
+                    assert_eq!(c.take().unwrap().join().unwrap(), want);
+                }
+            }
+            clients.iter().all(Option::is_none)
+        },
+    );
+}
+
 /// Runs the driver until `done` says so, handing every event to `on_event`; fails after
 /// `limit`.
 fn run_until(
@@ -175,23 +215,16 @@ fn echo_server_on_legacy_provided_buffers() {
         .unwrap();
     assert_eq!(d.pool(pool).unwrap().backend(), Backend::Legacy);
     let addr = listen(&mut d);
-    let mut clients: Vec<_> = (0..8)
-        .map(|i| Some(client(addr, 256 * 1024, 40 + i, Duration::ZERO)))
+    let clients = (0..8)
+        .map(|i| client(addr, 256 * 1024, 40 + i, Duration::ZERO))
         .collect();
-    let mut done = 0;
-    run_until(
+    echo_until_done(
         &mut d,
+        pool,
+        64 * 1024,
         Duration::from_secs(60),
-        |d, ev| echo(d, pool, 64 * 1024, ev),
-        |_| {
-            for c in clients.iter_mut() {
-                if c.as_ref().is_some_and(|h| h.is_finished()) {
-                    assert_eq!(c.take().unwrap().join().unwrap(), 256 * 1024);
-                    done += 1;
-                }
-            }
-            done == 8
-        },
+        clients,
+        256 * 1024,
     );
     drop(d);
     assert_eq!(
@@ -217,23 +250,16 @@ fn echo_server_on_a_bundle_pool() {
         Err(e) => panic!("{e}"),
     };
     let addr = listen(&mut d);
-    let mut clients: Vec<_> = (0..8)
-        .map(|i| Some(client(addr, 512 * 1024, 70 + i, Duration::ZERO)))
+    let clients = (0..8)
+        .map(|i| client(addr, 512 * 1024, 70 + i, Duration::ZERO))
         .collect();
-    let mut done = 0;
-    run_until(
+    echo_until_done(
         &mut d,
+        pool,
+        256 * 1024,
         Duration::from_secs(60),
-        |d, ev| echo(d, pool, 256 * 1024, ev),
-        |_| {
-            for c in clients.iter_mut() {
-                if c.as_ref().is_some_and(|h| h.is_finished()) {
-                    assert_eq!(c.take().unwrap().join().unwrap(), 512 * 1024);
-                    done += 1;
-                }
-            }
-            done == 8
-        },
+        clients,
+        512 * 1024,
     );
     let s = d.pool_stats()[0];
     eprintln!("{s:?}");
@@ -254,23 +280,16 @@ fn tiny_pool_both_ways_completes() {
             .add_pool(Pool::builder(run).count(4).buf_len(4096))
             .unwrap();
         let addr = listen(&mut d);
-        let mut clients: Vec<_> = (0..8)
-            .map(|i| Some(client(addr, 1 << 20, 100 + i, Duration::from_micros(200))))
+        let clients = (0..8)
+            .map(|i| client(addr, 1 << 20, 100 + i, Duration::from_micros(200)))
             .collect();
-        let mut done = 0;
-        run_until(
+        echo_until_done(
             &mut d,
+            pool,
+            64 * 1024,
             Duration::from_secs(120),
-            |d, ev| echo(d, pool, 64 * 1024, ev),
-            |_| {
-                for c in clients.iter_mut() {
-                    if c.as_ref().is_some_and(|h| h.is_finished()) {
-                        assert_eq!(c.take().unwrap().join().unwrap(), 1 << 20);
-                        done += 1;
-                    }
-                }
-                done == 8
-            },
+            clients,
+            1 << 20,
         );
         eprintln!("run {run}: {:?}", d.stats());
     }
@@ -310,16 +329,7 @@ fn spill_moves_unread_chunks_and_keeps_their_bytes() {
         }
     }
     pb.write_all(b"for B").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while d.queued(sb).unwrap() < 5 {
-        assert!(
-            Instant::now() < deadline,
-            "{:?} {:?}",
-            d.stats(),
-            d.pool_stats()
-        );
-        d.run_once(Some(Duration::from_millis(20))).unwrap();
-    }
+    wait_queued(&mut d, sb, 5);
     assert_eq!(d.stats().spilled_chunks, 2, "{:?}", d.stats());
     assert_eq!(d.stats().spilled_bytes, 8192);
     let mut got = Vec::new();
@@ -386,16 +396,7 @@ fn spill_cancels_a_blocked_send_and_resends_from_the_heap() {
     // B starts receiving now: its receive finds the ring empty.
     d.recv(sb, pool).unwrap();
     pb.write_all(b"for B").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while d.queued(sb).unwrap() < 5 {
-        assert!(
-            Instant::now() < deadline,
-            "{:?} {:?}",
-            d.stats(),
-            d.pool_stats()
-        );
-        d.run_once(Some(Duration::from_millis(20))).unwrap();
-    }
+    wait_queued(&mut d, sb, 5);
     assert!(d.stats().spill_cancels >= 1, "{:?}", d.stats());
     // A's peer now reads everything, in order.
     let reader = thread::spawn(move || {
@@ -426,23 +427,16 @@ fn no_spill_while_buffers_are_free() {
         .add_pool(Pool::builder(0).count(256).buf_len(16 * 1024))
         .unwrap();
     let addr = listen(&mut d);
-    let mut clients: Vec<_> = (0..4)
-        .map(|i| Some(client(addr, 1 << 20, i, Duration::ZERO)))
+    let clients = (0..4)
+        .map(|i| client(addr, 1 << 20, i, Duration::ZERO))
         .collect();
-    let mut done = 0;
-    run_until(
+    echo_until_done(
         &mut d,
+        pool,
+        256 * 1024,
         Duration::from_secs(60),
-        |d, ev| echo(d, pool, 256 * 1024, ev),
-        |_| {
-            for c in clients.iter_mut() {
-                if c.as_ref().is_some_and(|h| h.is_finished()) {
-                    assert_eq!(c.take().unwrap().join().unwrap(), 1 << 20);
-                    done += 1;
-                }
-            }
-            done == 4
-        },
+        clients,
+        1 << 20,
     );
     assert_eq!(d.stats().spilled_chunks, 0, "{:?}", d.stats());
 }
