@@ -33,6 +33,8 @@ fn echo(d: &mut Driver, pool: PoolId, max_unsent: usize, ev: Event) {
             socket
         }
         Event::Readable { socket } | Event::Sent { socket } => socket,
+        // Every peer here reads all it is sent: a failed send is lost data.
+        Event::SendFailed { socket, error } => panic!("a send on {socket:?} failed: {error}"),
         _ => return,
     };
     pump(d, s, max_unsent);
@@ -101,9 +103,10 @@ fn run_until(
     while !done(d) {
         assert!(
             Instant::now() < deadline,
-            "not done in {limit:?}: {:?} {:?}",
+            "not done in {limit:?}: {:?} {:?}\n{}",
             d.stats(),
-            d.pool_stats()
+            d.pool_stats(),
+            d.dump()
         );
         d.run_once(Some(Duration::from_millis(50))).unwrap();
         while let Some(ev) = d.next_event() {

@@ -497,6 +497,46 @@ impl Driver {
     pub fn pool_stats(&self) -> Vec<PoolStats> {
         self.pools.iter().map(|p| p.pool.stats()).collect()
     }
+
+    /// A line per socket that is not idle (receive state, bytes queued and unsent, requests in
+    /// flight) and per pool with receives waiting for buffers: for diagnosing a stall.
+    pub fn dump(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        for (i, slot) in self.sockets.iter().enumerate() {
+            let Some(s) = &slot.sock else { continue };
+            if s.inflight == 0 && s.rx.is_empty() && s.tx.is_empty() && s.recv == RecvState::Off {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "socket {i}: recv {:?}{} queued {} ({} chunks) unsent {} ({} chunks, {} in flight){}{} inflight {} ops recv {:?} send {:?}",
+                s.recv,
+                if s.throttled { " throttled" } else { "" },
+                s.rx_bytes,
+                s.rx.len(),
+                s.tx_bytes,
+                s.tx.len(),
+                s.sending,
+                if s.spill_cancel { " spill-cancel" } else { "" },
+                if s.closing { " closing" } else { "" },
+                s.inflight,
+                s.recv_op,
+                s.send_op,
+            );
+        }
+        for (i, p) in self.pools.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "pool {i}: waiting {} unused {} dry since {:?} {:?}",
+                p.waiting.len(),
+                p.pool.unused(),
+                p.dry_since.map(|t| t.elapsed()),
+                p.pool.stats()
+            );
+        }
+        out
+    }
 }
 
 /// Test hooks (feature `model`).

@@ -116,10 +116,16 @@ impl Driver {
             sock.active = now;
             sock.idle_signalled = false;
         }
-        if std::mem::take(&mut sock.spill_cancel) && (res >= 0 || res == -libc::ECANCELED) {
+        // A send stopped before it sent anything, to be sent again: cancelled (ECANCELED; a
+        // send the kernel was running in its worker threads ends with EINTR instead, as on 6.1)
+        // or interrupted.
+        let stopped = matches!(-res, libc::ECANCELED | libc::EINTR | libc::EAGAIN);
+        if std::mem::take(&mut sock.spill_cancel) && (res >= 0 || stopped) {
             let (chunks, bytes) = sock.spill();
             self.stats.spilled_chunks += chunks as u64;
             self.stats.spilled_bytes += bytes as u64;
+        } else if res < 0 && matches!(-res, libc::EINTR | libc::EAGAIN) {
+            // Interrupted without a cancel of ours: send again.
         } else if res <= 0 {
             let error = if res == 0 {
                 io_err(libc::EPIPE)
