@@ -94,7 +94,7 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -241,11 +241,11 @@ impl Builder {
         let (init_tx, init_rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel::<()>();
         let limit = self.stream_limit;
-        let pending = Arc::new(AtomicBool::new(false));
-        let thread_pending = Arc::clone(&pending);
+        let sleeping = Arc::new(AtomicBool::new(false));
+        let thread_sleeping = Arc::clone(&sleeping);
         let thread = std::thread::Builder::new()
             .name("bufring-tokio".into())
-            .spawn(move || thread::run(self, rx, thread_pending, init_tx, done_tx))?;
+            .spawn(move || thread::run(self, rx, thread_sleeping, init_tx, done_tx))?;
         let waker = match init_rx.recv() {
             Ok(Ok(waker)) => waker,
             Ok(Err(e)) => {
@@ -260,7 +260,7 @@ impl Builder {
         let link = Arc::new(Link {
             tx,
             waker,
-            pending,
+            sleeping,
             next_key: AtomicU64::new(0),
             limit,
         });
@@ -277,9 +277,11 @@ impl Builder {
 pub(crate) struct Link {
     tx: mpsc::Sender<Cmd>,
     waker: DriverWaker,
-    /// A wake-up is on its way that the driver thread has not yet answered by taking the
-    /// commands: later commands need no wake-up of their own (one eventfd write per burst).
-    pending: Arc<AtomicBool>,
+    /// The driver thread is (about to be) asleep in the ring and must be woken for a command.
+    /// While it is busy, commands need no wake-up: it looks at the queue before sleeping. The
+    /// first command to find it asleep clears the flag and wakes it: one eventfd write per
+    /// sleep.
+    sleeping: Arc<AtomicBool>,
     next_key: AtomicU64,
     pub(crate) limit: usize,
 }
@@ -288,10 +290,11 @@ impl Link {
     /// Queues a command and wakes the driver thread.
     pub(crate) fn command(&self, cmd: Cmd) -> io::Result<()> {
         self.tx.send(cmd).map_err(|_| stopped())?;
-        // SeqCst with the driver thread's clearing before it takes the commands: either it
-        // clears after this send (and takes the command), or this swap sees the flag clear and
-        // wakes it.
-        if !self.pending.swap(true, Ordering::SeqCst) {
+        // Pairs with the fence between the driver thread's setting of `sleeping` and its last
+        // look at the queue (`Thread::serve`): either that look finds this command, or this
+        // swap finds the flag set and wakes the thread.
+        fence(Ordering::SeqCst);
+        if self.sleeping.swap(false, Ordering::SeqCst) {
             self.waker.wake();
         }
         Ok(())

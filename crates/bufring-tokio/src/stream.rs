@@ -38,6 +38,17 @@ pub(crate) struct State {
     pub(crate) taken: bool,
     /// The task waiting for data.
     waker: Option<Waker>,
+    /// Bytes queued to send (counted when a send is called) that the driver thread has not
+    /// yet seen sent.
+    pub(crate) unsent: usize,
+    /// Why sends fail from now on: a send that failed, or the driver thread stopping.
+    send_error: Option<io::Error>,
+    /// `shutdown_write` was called: later sends fail at once.
+    write_shut: bool,
+    /// The stream was dropped or reset: its senders fail with `NotConnected`.
+    closed: bool,
+    /// Send futures waiting for `unsent` to go under the limit.
+    send_wakers: Vec<Waker>,
 }
 
 impl Shared {
@@ -55,13 +66,88 @@ impl State {
         }
     }
 
-    /// Ends the stream with `e` unless it has ended already.
+    /// Ends the stream with `e` unless it has ended already; sends fail with it from now on.
     pub(crate) fn abort(&mut self, e: io::Error) {
+        self.fail_sends(copy_err(&e));
         if self.end.is_none() && !self.finished {
             self.end = Some(Err(e));
             self.wake();
         }
     }
+
+    /// Sends fail with `e` from now on (the first error stays); waiting send futures see it.
+    pub(crate) fn fail_sends(&mut self, e: io::Error) {
+        if self.send_error.is_none() {
+            self.send_error = Some(e);
+        }
+        self.wake_senders();
+    }
+
+    /// `sent` bytes the tasks queued have gone: send futures waiting for room may go on.
+    pub(crate) fn sent(&mut self, sent: usize, limit: usize) {
+        self.unsent = self.unsent.saturating_sub(sent);
+        if self.unsent < limit {
+            self.wake_senders();
+        }
+    }
+
+    /// The stream is gone: its senders fail with `NotConnected` from now on.
+    fn close_sends(&mut self) {
+        self.closed = true;
+        self.wake_senders();
+    }
+
+    fn wake_senders(&mut self) {
+        for w in self.send_wakers.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Why a send called now would fail, if it would.
+    fn send_refused(&self) -> Option<io::Error> {
+        if self.closed {
+            return Some(not_connected());
+        }
+        if let Some(e) = &self.send_error {
+            return Some(copy_err(e));
+        }
+        if self.write_shut {
+            return Some(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the stream's write side is shut down",
+            ));
+        }
+        None
+    }
+
+    /// Ready once less than `limit` waits to be sent (or sends fail).
+    fn poll_room(&mut self, cx: &mut Context<'_>, limit: usize) -> Poll<io::Result<()>> {
+        if let Some(e) = self.send_refused() {
+            return Poll::Ready(Err(e));
+        }
+        if self.unsent < limit {
+            return Poll::Ready(Ok(()));
+        }
+        if !self.send_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            self.send_wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// A copy of an error (io::Error is not `Clone`), keeping its OS code or kind.
+pub(crate) fn copy_err(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+pub(crate) fn not_connected() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "the stream was dropped (its socket is closing)",
+    )
 }
 
 /// The bytes received on one socket, as a [`Stream`] of [`Chunk`]s, in order.
@@ -92,7 +178,11 @@ impl std::fmt::Debug for RecvStream {
 impl RecvStream {
     pub(crate) fn new(link: Arc<Link>, key: u64, shared: Arc<Shared>) -> RecvStream {
         RecvStream {
-            sender: StreamSender { link, key },
+            sender: StreamSender {
+                link,
+                key,
+                shared: Arc::clone(&shared),
+            },
             shared,
         }
     }
@@ -122,9 +212,16 @@ impl RecvStream {
 
     /// Queues `chunk` to send on this socket (from its own memory: a received chunk is sent
     /// without a copy). The chunk is queued when this is called, so sends keep the order of
-    /// the calls whether or not their futures are awaited; the future resolves once the
-    /// driver has it and less than the stream limit waits to be sent (backpressure on the
-    /// sender), or with the error of a failed send.
+    /// the calls whether or not their futures are awaited. The future resolves at once while
+    /// less than the [stream limit](crate::Builder::stream_limit) waits to be sent (no round
+    /// trip to the driver thread), else once the driver thread has sent enough (backpressure
+    /// on the sender).
+    ///
+    /// `Ok` means queued, not delivered: a send that fails later (the peer reset the
+    /// connection, say) makes this stream's later sends, waiting send futures and
+    /// [`shutdown_write`](Self::shutdown_write) fail with its error. Sends fail at once after
+    /// `shutdown_write` (`BrokenPipe`), once the stream is dropped (`NotConnected`, for a
+    /// [`StreamSender`]) or once the driver thread has stopped.
     pub fn send(&self, chunk: Chunk) -> impl Future<Output = io::Result<()>> + Send + 'static {
         self.sender.send(chunk)
     }
@@ -147,6 +244,7 @@ impl RecvStream {
     /// and the peer sees ECONNRESET rather than a clean end, so it cannot take a cut transfer
     /// for a complete one.
     pub fn reset(self) {
+        self.shared.lock().close_sends();
         // If the driver thread has stopped, the socket is closed already. The `Close` of the
         // drop that follows finds the stream gone.
         let _ = self.sender.link.command(Cmd::Reset {
@@ -219,6 +317,7 @@ impl Stream for RecvStream {
 
 impl Drop for RecvStream {
     fn drop(&mut self) {
+        self.shared.lock().close_sends();
         // If the driver thread has stopped, the socket is closed already.
         let _ = self.sender.link.command(Cmd::Close {
             key: self.sender.key,
@@ -231,6 +330,7 @@ impl Drop for RecvStream {
 pub struct StreamSender {
     link: Arc<Link>,
     key: u64,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for StreamSender {
@@ -241,22 +341,10 @@ impl std::fmt::Debug for StreamSender {
     }
 }
 
-/// The reply to a command, or the error of sending it.
-async fn reply(sent: io::Result<()>, rx: oneshot::Receiver<io::Result<()>>) -> io::Result<()> {
-    sent?;
-    rx.await.map_err(|_| stopped())?
-}
-
 impl StreamSender {
     /// See [`RecvStream::send`].
     pub fn send(&self, chunk: Chunk) -> impl Future<Output = io::Result<()>> + Send + 'static {
-        let (tx, rx) = oneshot::channel();
-        let sent = self.link.command(Cmd::Send {
-            key: self.key,
-            chunk,
-            reply: tx,
-        });
-        reply(sent, rx)
+        self.queue(Ok(chunk))
     }
 
     /// See [`RecvStream::send_bytes`].
@@ -264,27 +352,60 @@ impl StreamSender {
         &self,
         bytes: Vec<u8>,
     ) -> impl Future<Output = io::Result<()>> + Send + 'static {
-        let sent = Chunk::try_from(bytes)
+        let chunk = Chunk::try_from(bytes)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "more than 4 GiB at once"));
-        let (tx, rx) = oneshot::channel();
-        let sent = sent.and_then(|chunk| {
+        self.queue(chunk)
+    }
+
+    /// Queues the send now (counting its bytes as unsent first, so that the driver thread's
+    /// count of sent bytes never runs ahead), and returns the wait for room.
+    fn queue(
+        &self,
+        chunk: io::Result<Chunk>,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        let queued = chunk.and_then(|chunk| {
+            let mut st = self.shared.lock();
+            if let Some(e) = st.send_refused() {
+                return Err(e);
+            }
+            st.unsent += chunk.len();
+            drop(st);
             self.link.command(Cmd::Send {
                 key: self.key,
                 chunk,
-                reply: tx,
             })
         });
-        reply(sent, rx)
+        let shared = Arc::clone(&self.shared);
+        let limit = self.link.limit;
+        async move {
+            queued?;
+            std::future::poll_fn(|cx| shared.lock().poll_room(cx, limit)).await
+        }
     }
 
     /// See [`RecvStream::shutdown_write`].
     pub fn shutdown_write(&self) -> impl Future<Output = io::Result<()>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        let sent = self.link.command(Cmd::Shutdown {
-            key: self.key,
-            reply: tx,
+        let sent = {
+            let mut st = self.shared.lock();
+            match st.send_refused() {
+                Some(e) if !st.write_shut => Err(e),
+                _ => {
+                    st.write_shut = true;
+                    Ok(())
+                }
+            }
+        };
+        let sent = sent.and_then(|()| {
+            self.link.command(Cmd::Shutdown {
+                key: self.key,
+                reply: tx,
+            })
         });
-        reply(sent, rx)
+        async move {
+            sent?;
+            rx.await.map_err(|_| stopped())?
+        }
     }
 }
 

@@ -2,10 +2,10 @@
 //! into the streams' shared queues (up to the stream limit), answers sends, and stops on
 //! `Stop` (or when the ring fails), ending every stream still open.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use bufring::driver::{Driver, DriverWaker, Event, PoolId, Received, SocketId};
 use bufring::{Chunk, Pool};
 use tokio::sync::oneshot;
 
-use crate::stream::Shared;
+use crate::stream::{copy_err, not_connected, Shared};
 use crate::{stopped, Builder, UringStats};
 
 type Reply<T> = oneshot::Sender<io::Result<T>>;
@@ -28,12 +28,8 @@ pub(crate) enum Cmd {
     },
     /// The task drained the stream's queue under half the limit: move more.
     Pull { key: u64 },
-    /// Queue a chunk to send; reply once there is room.
-    Send {
-        key: u64,
-        chunk: Chunk,
-        reply: Reply<()>,
-    },
+    /// Queue a chunk to send (its bytes already counted in the stream's `unsent`).
+    Send { key: u64, chunk: Chunk },
     /// Shut the write side down after what is queued.
     Shutdown { key: u64, reply: Reply<()> },
     /// The stream was dropped: close the socket (once what was queued to send has gone).
@@ -51,17 +47,16 @@ pub(crate) enum Cmd {
 struct Entry {
     sid: SocketId,
     shared: Arc<Shared>,
-    /// Sends answered once the socket's unsent bytes go under the limit (at `Sent`).
-    waiting: VecDeque<Reply<()>>,
+    /// Bytes handed to the driver to send since its last `Sent` (when they had all gone).
+    sending: usize,
 }
 
 struct Thread {
     driver: Driver,
     pool: PoolId,
     rx: mpsc::Receiver<Cmd>,
-    /// Set by a command's sender when it wakes the thread; cleared here before taking the
-    /// commands.
-    pending: Arc<AtomicBool>,
+    /// Set here before sleeping in the ring; cleared by the command that wakes the thread.
+    sleeping: Arc<AtomicBool>,
     limit: usize,
     streams: HashMap<u64, Entry>,
     by_sid: HashMap<SocketId, u64>,
@@ -85,26 +80,12 @@ pub(crate) fn to_io(e: bufring::Error) -> io::Error {
     io::Error::new(kind, e)
 }
 
-fn copy_err(e: &io::Error) -> io::Error {
-    match e.raw_os_error() {
-        Some(code) => io::Error::from_raw_os_error(code),
-        None => io::Error::new(e.kind(), e.to_string()),
-    }
-}
-
-fn not_connected() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotConnected,
-        "the stream was dropped (its socket is closing)",
-    )
-}
-
 /// The thread's body. `done` is dropped when it returns, after the driver: the `Uring`'s drop
 /// waits for that.
 pub(crate) fn run(
     cfg: Builder,
     rx: mpsc::Receiver<Cmd>,
-    pending: Arc<AtomicBool>,
+    sleeping: Arc<AtomicBool>,
     init: mpsc::Sender<io::Result<DriverWaker>>,
     done: mpsc::Sender<()>,
 ) {
@@ -134,7 +115,7 @@ pub(crate) fn run(
         driver,
         pool,
         rx,
-        pending,
+        sleeping,
         limit: cfg.stream_limit,
         streams: HashMap::new(),
         by_sid: HashMap::new(),
@@ -157,13 +138,8 @@ impl Thread {
     /// Runs until `Stop` (`stopped()`) or a ring failure (its error).
     fn serve(&mut self) -> io::Error {
         loop {
-            self.pending.store(false, Ordering::SeqCst);
-            loop {
-                match self.rx.try_recv() {
-                    Ok(Cmd::Stop) | Err(mpsc::TryRecvError::Disconnected) => return stopped(),
-                    Ok(cmd) => self.command(cmd),
-                    Err(mpsc::TryRecvError::Empty) => break,
-                }
+            if self.take_commands() {
+                return stopped();
             }
             while let Some(ev) = self.driver.next_event() {
                 self.event(ev);
@@ -172,10 +148,41 @@ impl Thread {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            // A command queued after `pending` was cleared above wakes this wait (DriverWaker),
-            // if an earlier one has not already.
-            if let Err(e) = self.driver.run_once(wait) {
+            // Announce the sleep, then look at the queue once more: a command queued before
+            // the fence is taken here; one queued after it finds `sleeping` set and wakes the
+            // wait below (DriverWaker). Pairs with the fence in `Link::command`.
+            self.sleeping.store(true, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            match self.rx.try_recv() {
+                Ok(Cmd::Stop) | Err(mpsc::TryRecvError::Disconnected) => return stopped(),
+                Ok(cmd) => {
+                    // Awake after all: a command queued meanwhile may have cleared the flag
+                    // (and woken the ring, which then just returns at once).
+                    self.sleeping.store(false, Ordering::SeqCst);
+                    self.command(cmd);
+                    // The driver must submit what the command queued: no sleep this round.
+                    if let Err(e) = self.driver.run_once(Some(Duration::ZERO)) {
+                        return to_io(e);
+                    }
+                    continue;
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
+            let r = self.driver.run_once(wait);
+            self.sleeping.store(false, Ordering::SeqCst);
+            if let Err(e) = r {
                 return to_io(e);
+            }
+        }
+    }
+
+    /// Takes every queued command; true on `Stop` (or when every `Uring` is gone).
+    fn take_commands(&mut self) -> bool {
+        loop {
+            match self.rx.try_recv() {
+                Ok(Cmd::Stop) | Err(mpsc::TryRecvError::Disconnected) => return true,
+                Ok(cmd) => self.command(cmd),
+                Err(mpsc::TryRecvError::Empty) => return false,
             }
         }
     }
@@ -193,24 +200,24 @@ impl Thread {
                     Entry {
                         sid,
                         shared,
-                        waiting: VecDeque::new(),
+                        sending: 0,
                     },
                 );
             }
             Cmd::Pull { key } => self.pump(key),
-            Cmd::Send { key, chunk, reply } => {
+            Cmd::Send { key, chunk } => {
+                // A stream already closed: its senders were failed when it closed.
                 let Some(e) = self.streams.get_mut(&key) else {
-                    let _ = reply.send(Err(not_connected()));
                     return;
                 };
+                let len = chunk.len();
                 match self.driver.send(e.sid, chunk) {
+                    Ok(()) => e.sending += len,
                     Err(err) => {
-                        let _ = reply.send(Err(to_io(err)));
+                        let mut st = e.shared.lock();
+                        st.fail_sends(to_io(err));
+                        st.sent(len, self.limit);
                     }
-                    Ok(()) if self.driver.unsent(e.sid).unwrap_or(0) < self.limit => {
-                        let _ = reply.send(Ok(()));
-                    }
-                    Ok(()) => e.waiting.push_back(reply),
                 }
             }
             Cmd::Shutdown { key, reply } => {
@@ -249,9 +256,7 @@ impl Thread {
         self.full.remove(&key);
         if let Some(e) = self.streams.remove(&key) {
             self.by_sid.remove(&e.sid);
-            for reply in e.waiting {
-                let _ = reply.send(Err(not_connected()));
-            }
+            e.shared.lock().fail_sends(not_connected());
             let _ = if reset {
                 self.driver.reset(e.sid)
             } else {
@@ -269,16 +274,14 @@ impl Thread {
             Event::Readable { .. } => self.pump(key),
             Event::Sent { .. } => {
                 if let Some(e) = self.streams.get_mut(&key) {
-                    for reply in e.waiting.drain(..) {
-                        let _ = reply.send(Ok(()));
-                    }
+                    let sent = std::mem::take(&mut e.sending);
+                    e.shared.lock().sent(sent, self.limit);
                 }
             }
             Event::SendFailed { error, .. } => {
                 if let Some(e) = self.streams.get_mut(&key) {
-                    for reply in e.waiting.drain(..) {
-                        let _ = reply.send(Err(copy_err(&error)));
-                    }
+                    e.sending = 0;
+                    e.shared.lock().fail_sends(error);
                 }
             }
             _ => {}
@@ -385,9 +388,6 @@ impl Thread {
         drop(rx);
         for (_, e) in streams {
             e.shared.lock().abort(copy_err(&why));
-            for reply in e.waiting {
-                let _ = reply.send(Err(copy_err(&why)));
-            }
         }
         drop(driver);
     }
