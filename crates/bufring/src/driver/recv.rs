@@ -92,6 +92,14 @@ impl Driver {
         })
     }
 
+    /// Whether a receive is in flight on `s`: after [`stop_recv`](Self::stop_recv), true until
+    /// its last completion has come (and queued what it brought), so that a caller handing the
+    /// socket back can [`read`](Self::read) every byte that arrived before
+    /// [`release`](Self::release).
+    pub fn recv_in_flight(&self, s: SocketId) -> Result<bool> {
+        Ok(self.sock(s)?.recv_op.is_some())
+    }
+
     /// Bytes received on `s` and not yet read.
     pub fn queued(&self, s: SocketId) -> Result<usize> {
         Ok(self.sock(s)?.rx_bytes)

@@ -101,6 +101,15 @@ impl Driver {
         Ok(self.ready.as_ref().expect("just made").as_fd())
     }
 
+    /// How long a runtime that drives this driver through [`poll`](Self::poll) may leave it
+    /// alone when the [readiness fd](Self::readiness_fd) stays quiet: the driver's own
+    /// deadlines (idle checks, the elastic window, an accept retry, the spill grace period)
+    /// need a `poll` by then. `None`: no deadline. [`run_once`](Self::run_once) applies them
+    /// itself.
+    pub fn next_timeout(&self) -> Option<Duration> {
+        self.deadline(None)
+    }
+
     /// The next event, if any.
     pub fn next_event(&mut self) -> Option<Event> {
         self.events.pop_front()
