@@ -102,14 +102,18 @@ use std::time::Duration;
 use bufring::driver::{DriverBuilder, DriverStats, DriverWaker};
 use bufring::{Incremental, PoolStats};
 
+mod core;
+mod local;
 mod stream;
 mod thread;
 
 pub use bufring::Chunk;
+pub use local::LocalDriver;
 pub use stream::{BytesStream, ChunkReader, RecvStream, StreamSender};
 
+use crate::core::{Cmd, Core};
+use local::TaskWake;
 use stream::Shared;
-use thread::Cmd;
 
 /// How long dropping the last [`Uring`] waits for its driver thread.
 const JOIN_BOUND: Duration = Duration::from_secs(5);
@@ -234,6 +238,41 @@ impl Builder {
         self
     }
 
+    /// Builds the ring and the pool on the calling thread and returns the handle with the
+    /// driver as a future to spawn on this thread (`tokio::task::spawn_local`, in a
+    /// `LocalSet`): the [in-runtime mode](crate#two-modes-a-driver-thread-or-a-local-task).
+    /// Call it inside the runtime (its reactor watches the driver's readiness fd; the runtime
+    /// needs `enable_io`).
+    ///
+    /// Fails with `Unsupported` where the kernel does not wake a poller of the ring's eventfd
+    /// when data arrives (kernels before 6.13: [`Driver::readiness_fd`]); use
+    /// [`build`](Self::build) there. Also fails outside a runtime, on a runtime without I/O,
+    /// and as the ring or the pool does.
+    ///
+    /// [`Driver::readiness_fd`]: bufring::driver::Driver::readiness_fd
+    pub fn build_local(self) -> io::Result<(Uring, LocalDriver)> {
+        let (tx, rx) = mpsc::channel();
+        let sleeping = Arc::new(AtomicBool::new(false));
+        let limit = self.stream_limit;
+        let core = Core::new(&self, rx, Arc::clone(&sleeping))?;
+        let task = Arc::new(TaskWake::default());
+        let driver = LocalDriver::new(core, Arc::clone(&task))?;
+        let link = Arc::new(Link {
+            tx,
+            waker: Wake::Task(task),
+            sleeping,
+            next_key: AtomicU64::new(0),
+            limit,
+        });
+        let uring = Uring {
+            owner: Arc::new(Owner {
+                link,
+                thread: Mutex::new(None),
+            }),
+        };
+        Ok((uring, driver))
+    }
+
     /// Spawns the driver thread, with its ring and pool. Fails as the ring or the pool does
     /// (io_uring refused, for example).
     pub fn build(self) -> io::Result<Uring> {
@@ -259,7 +298,7 @@ impl Builder {
         };
         let link = Arc::new(Link {
             tx,
-            waker,
+            waker: Wake::Ring(waker),
             sleeping,
             next_key: AtomicU64::new(0),
             limit,
@@ -273,10 +312,18 @@ impl Builder {
     }
 }
 
-/// What the driver thread and the streams share: the command queue and the waker.
+/// How a command wakes the driver's side.
+enum Wake {
+    /// The driver thread, asleep in the ring.
+    Ring(DriverWaker),
+    /// The `LocalDriver` task.
+    Task(Arc<TaskWake>),
+}
+
+/// What the driver's side and the streams share: the command queue and the waker.
 pub(crate) struct Link {
     tx: mpsc::Sender<Cmd>,
-    waker: DriverWaker,
+    waker: Wake,
     /// The driver thread is (about to be) asleep in the ring and must be woken for a command.
     /// While it is busy, commands need no wake-up: it looks at the queue before sleeping. The
     /// first command to find it asleep clears the flag and wakes it: one eventfd write per
@@ -295,7 +342,10 @@ impl Link {
         // swap finds the flag set and wakes the thread.
         fence(Ordering::SeqCst);
         if self.sleeping.swap(false, Ordering::SeqCst) {
-            self.waker.wake();
+            match &self.waker {
+                Wake::Ring(w) => w.wake(),
+                Wake::Task(t) => t.wake(),
+            }
         }
         Ok(())
     }
@@ -328,8 +378,9 @@ impl Drop for Owner {
     }
 }
 
-/// A handle to one driver thread (one io_uring, one shared buffer pool). Cheap to clone; the
-/// thread stops when the last clone is dropped. See the [crate docs](crate).
+/// A handle to one driver (one io_uring, one shared buffer pool), on its thread or in a
+/// [`LocalDriver`] task. Cheap to clone; the driver stops when the last clone is dropped. See
+/// the [crate docs](crate).
 #[derive(Clone)]
 pub struct Uring {
     owner: Arc<Owner>,
@@ -343,7 +394,17 @@ impl std::fmt::Debug for Uring {
     }
 }
 
-/// Counters of a [`Uring`], from its driver thread.
+/// A socket handed back by [`RecvStream::release`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Released {
+    /// The socket, no longer the driver's: nothing of bufring's is in flight on it.
+    pub fd: OwnedFd,
+    /// What was received and not taken, in stream order (read the socket after these).
+    pub unread: Vec<Chunk>,
+}
+
+/// Counters of a [`Uring`], from its driver.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct UringStats {
@@ -351,6 +412,10 @@ pub struct UringStats {
     pub driver: DriverStats,
     /// The pool's statistics.
     pub pool: PoolStats,
+    /// Bytes of the pool's buffers resident in RAM now (`Pool::resident_bytes`, by
+    /// `mincore`): the receive memory, as opposed to the address space the pool reserves.
+    /// `None` if `mincore` failed.
+    pub resident_bytes: Option<u64>,
     /// Streams open.
     pub streams: usize,
     /// Bytes of stream queues copied to the heap because their task took nothing for
@@ -402,6 +467,7 @@ const _: () = {
     send_sync::<StreamSender>();
     send_sync::<BytesStream>();
     send_sync::<ChunkReader>();
+    send_sync::<Released>();
     unpin::<RecvStream>();
     unpin::<ChunkReader>();
 };

@@ -13,8 +13,8 @@ use futures_core::Stream;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::oneshot;
 
-use crate::thread::Cmd;
-use crate::{stopped, Chunk, Link};
+use crate::core::Cmd;
+use crate::{stopped, Chunk, Link, Released};
 
 /// What a stream and the driver thread share.
 #[derive(Default)]
@@ -234,6 +234,33 @@ impl RecvStream {
         self.sender.send_bytes(bytes)
     }
 
+    /// Resolves once everything queued to send so far has been sent (or with the error that
+    /// makes sends fail).
+    pub fn flush(&self) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        self.sender.flush()
+    }
+
+    /// Hands the socket back: the driver stops receiving on it, waits (at most about a second)
+    /// for its receive to end, and gives back the fd with what was received and not taken
+    /// ([`Released::unread`], in order: read the socket after it). Sends not yet made are
+    /// dropped ([`flush`](Self::flush) first to keep them); an end of stream or error already
+    /// received is not kept (reading the socket tells again). The stream's
+    /// [senders](StreamSender) fail with `NotConnected` from here on.
+    ///
+    /// Fails with `NotConnected` if the driver has closed the socket, `TimedOut` if its
+    /// requests would not end in time (the driver then closes it), or the driver's error.
+    pub async fn release(self) -> io::Result<Released> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.sender.link.command(Cmd::Release {
+            key: self.sender.key,
+            reply,
+        });
+        // The drop's `Close` comes after the release and finds the stream gone.
+        drop(self);
+        sent?;
+        rx.await.map_err(|_| stopped())?
+    }
+
     /// Shuts the write side down (the peer reads end of stream) once everything queued is
     /// sent. Receiving goes on.
     pub fn shutdown_write(&self) -> impl Future<Output = io::Result<()>> + Send + 'static {
@@ -381,6 +408,12 @@ impl StreamSender {
             queued?;
             std::future::poll_fn(|cx| shared.lock().poll_room(cx, limit)).await
         }
+    }
+
+    /// See [`RecvStream::flush`].
+    pub fn flush(&self) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        let shared = Arc::clone(&self.shared);
+        std::future::poll_fn(move |cx| shared.lock().poll_room(cx, 1))
     }
 
     /// See [`RecvStream::shutdown_write`].

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bufring_tokio::{Builder, Uring};
 use common::{fill, pair, Checker, LIMIT};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::time::{sleep, timeout, Instant};
 
 const STREAM_LIMIT: usize = 64 * 1024;

@@ -54,6 +54,9 @@ enum Recv {
     /// The same runtime and a task per connection, each reading a `bufring_tokio::RecvStream`
     /// from one shared `bufring_tokio::Uring` (its driver thread, one incremental pool).
     TokioBufring,
+    /// The same with the `Uring`'s driver as a task of the runtime (`Builder::build_local`,
+    /// kernels from 6.13) instead of a thread.
+    TokioBufringLocal,
     /// io_uring recv per connection into its own 16 KiB buffer.
     UringFixed,
     /// bufring pool, multishot recv per connection, shared buffers of `buf_len`.
@@ -69,6 +72,7 @@ impl Recv {
         let (base, mode) = match self {
             Recv::Tokio => return "tokio".into(),
             Recv::TokioBufring => return "tokio-bufring".into(),
+            Recv::TokioBufringLocal => return "tokio-bufring-local".into(),
             Recv::UringFixed => return "uring-fixed".into(),
             Recv::Pool { mode, .. } => ("pool", mode),
             Recv::Driver { mode, .. } => ("driver", mode),
@@ -139,7 +143,10 @@ impl Contender for FaninContender {
         let r = match self.recv {
             Recv::Tokio => tokio_receive(&fds, want, &mut go),
             Recv::TokioBufring => {
-                tokio_bufring_receive(&mut conns.rx, self.pool_mem, want, &mut go)
+                tokio_bufring_receive(&mut conns.rx, self.pool_mem, false, want, &mut go)
+            }
+            Recv::TokioBufringLocal => {
+                tokio_bufring_receive(&mut conns.rx, self.pool_mem, true, want, &mut go)
             }
             Recv::UringFixed => uring_fixed(&fds, want, &mut go),
             Recv::Pool { mode, buf_len } => {
@@ -465,30 +472,29 @@ fn tokio_receive(fds: &[RawFd], want: u64, go: &mut Clock) -> BenchResult<RecvOu
 /// through a `bufring_tokio::RecvStream` of one shared `Uring` (one driver thread, one
 /// incremental pool of `pool_mem` in 64 KiB buffers, rings of the raw contenders' sizes).
 ///
-/// - Descriptors: bufring-tokio closes the fd a stream owns and cannot hand it back (no
-///   `release`), and a duplicate per connection for the whole round would need twice the
+/// - Descriptors: a duplicate per connection for the whole round would need twice the
 ///   descriptors (20,256 for 10,000 connections, over a hard limit of 20,000 here). So the
-///   streams are lent the connections' own fds, and [`hand_back`] takes them back in batches
-///   after the round: a duplicate of each fd (`try_clone_to_owned`, same open file
-///   description), then the stream is dropped (its driver cancels the receive and closes the
-///   lent fd), and the connection's `TcpStream` becomes the duplicate. Then the tasks go, and
-///   the `Uring` (its drop stops the driver thread, whose driver cancels what is left and
-///   waits, and joins it); the round checks that the process has as many descriptors open as
-///   before it.
+///   streams are lent the connections' own fds, and [`hand_back`] takes them back after the
+///   round with `RecvStream::release`. Then the tasks go, and the `Uring` (its drop stops the
+///   driver, which cancels what is left and waits); the round checks that the process has as
+///   many descriptors open as before it.
 /// - CPU per message is the whole process's CPU time (the tokio thread and the driver thread,
 ///   which inherits the receiver's CPU pinning), not the receiving thread's alone.
+/// - `in_runtime`: the driver is a task of the round's runtime (`Builder::build_local`), not a
+///   thread.
 /// - Receive memory: `UringStats` has no resident bytes, so the round asks `mincore` about the
 ///   address range its pool chunks covered (see [`Span`]); peak RSS covers everything else.
 fn tokio_bufring_receive(
     rx: &mut [TcpStream],
     pool_mem: usize,
+    in_runtime: bool,
     want: u64,
     go: &mut Clock,
 ) -> BenchResult<RecvOut> {
     use std::cell::Cell;
     use std::future::Future;
     use std::task::Poll;
-    let need = (rx.len() + HAND_BACK_BATCH + 256) as u64;
+    let need = (rx.len() + 256) as u64;
     let limit = sys::raise_nofile(need);
     if limit < need {
         return Err(format!(
@@ -498,19 +504,27 @@ fn tokio_bufring_receive(
     }
     let fds_before = open_fds();
     let (sq, cq) = ring_sizes(rx.len());
-    let uring = bufring_tokio::Uring::builder()
+    let builder = bufring_tokio::Uring::builder()
         .buffers((pool_mem / INC_BUF).max(1))
         .buf_len(INC_BUF)
         .driver(
             bufring::driver::Driver::builder()
                 .entries(sq)
                 .cq_entries(cq),
-        )
-        .build()?;
+        );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
+        .enable_io()
         .build()?;
     let local = tokio::task::LocalSet::new();
+    let uring = if in_runtime {
+        let _g = rt.enter();
+        let (uring, driver) = builder.build_local()?;
+        local.spawn_local(driver);
+        uring
+    } else {
+        builder.build()?
+    };
     let got = Rc::new(Cell::new(0u64));
     let done = Rc::new(tokio::sync::Notify::new());
     let span = Rc::new(Span::default());
@@ -520,8 +534,8 @@ fn tokio_bufring_receive(
     let r: BenchResult<RecvOut> = (|| {
         for (i, s) in rx.iter().enumerate() {
             // SAFETY: lent, not given: the connection's `TcpStream` keeps the number and does
-            // not close it while the stream's driver owns it; `hand_back` gives the
-            // connection a duplicate before the driver closes this fd. (If the driver thread
+            // not close it while the stream's driver owns it; `hand_back` takes it back with
+            // `release` (or gives the connection a duplicate if that fails). (If the driver
             // had died, the failed command closes it: the later rounds then fail with EBADF.)
             let fd = unsafe { OwnedFd::from_raw_fd(s.as_raw_fd()) };
             streams.borrow_mut().push(Some(uring.recv_stream(fd)?));
@@ -551,9 +565,10 @@ fn tokio_bufring_receive(
             });
         }
         let stats = || {
-            rt.block_on(async {
+            // On the `LocalSet`, where the in-runtime driver task runs.
+            rt.block_on(local.run_until(async {
                 tokio::time::timeout(Duration::from_secs(10), uring.stats()).await
-            })
+            }))
             .map_err(|_| "bufring-tokio stats timed out")
         };
         // The driver thread takes commands in order: once it answers this, every stream is open
@@ -584,7 +599,7 @@ fn tokio_bufring_receive(
             enobufs: stats.pool.enobufs,
         })
     })();
-    if let Err(e) = hand_back(rx, &streams) {
+    if let Err(e) = hand_back(&rt, &local, rx, &streams) {
         // Streams not handed back still own connections' fds: keep them (and the driver
         // thread) alive for good rather than close what the bench still uses.
         std::mem::forget(local);
@@ -610,44 +625,42 @@ fn tokio_bufring_receive(
     r
 }
 
-/// Connections [`hand_back`] takes back at a time: the extra descriptors it needs.
-const HAND_BACK_BATCH: usize = 512;
-
-/// Gives each connection whose fd a stream was lent a duplicate of it, and drops the stream
-/// (its driver closes the lent fd), a batch at a time, waiting (bounded) for the driver thread
-/// to close a batch's fds before the next. An error leaves the streams not yet handed back
-/// alive.
+/// Takes each connection's fd back from its stream with `RecvStream::release`, one at a time
+/// on the round's runtime (which the in-runtime driver needs). The fd released is the lent
+/// number itself, which the connection's `TcpStream` still owns: it is forgotten, never
+/// closed here. A release that fails gives the connection a duplicate made just before it (the
+/// driver closes the lent number). Bounded: 5 s per connection.
 fn hand_back(
+    rt: &tokio::runtime::Runtime,
+    local: &tokio::task::LocalSet,
     rx: &mut [TcpStream],
     streams: &RefCell<Vec<Option<bufring_tokio::RecvStream>>>,
 ) -> BenchResult<()> {
     use std::os::fd::AsFd;
     let n = streams.borrow().len();
-    let mut slow = false;
-    for start in (0..n).step_by(HAND_BACK_BATCH) {
-        let end = (start + HAND_BACK_BATCH).min(n);
-        let base = open_fds().ok_or("/proc/self/fd unreadable")?;
-        let dups = rx[start..end]
-            .iter()
-            .map(|s| s.as_fd().try_clone_to_owned())
-            .collect::<std::io::Result<Vec<OwnedFd>>>()?;
-        for (i, dup) in (start..end).zip(dups) {
-            streams.borrow_mut()[i] = None;
-            // The lent number is the driver's to close: forget it, never close it here.
-            let _ = std::mem::replace(&mut rx[i], TcpStream::from(dup)).into_raw_fd();
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while open_fds().is_some_and(|now| now > base) {
-            if Instant::now() > deadline {
-                slow = true;
-                break;
+    let failed = rt.block_on(local.run_until(async {
+        let mut failed = 0usize;
+        for (i, conn) in rx.iter_mut().enumerate().take(n) {
+            let Some(stream) = streams.borrow_mut()[i].take() else {
+                continue;
+            };
+            let dup = conn.as_fd().try_clone_to_owned()?;
+            match tokio::time::timeout(Duration::from_secs(5), stream.release()).await {
+                Ok(Ok(released)) => {
+                    let _ = released.fd.into_raw_fd();
+                    drop(dup);
+                }
+                _ => {
+                    let _ = std::mem::replace(conn, TcpStream::from(dup)).into_raw_fd();
+                    failed += 1;
+                }
             }
-            std::thread::sleep(Duration::from_millis(1));
         }
-    }
-    if slow {
+        std::io::Result::Ok(failed)
+    }))?;
+    if failed > 0 {
         // The connections are all back; the descriptor check after the round tells more.
-        eprintln!("bench: tokio-bufring: the driver thread was slow to close lent fds");
+        eprintln!("bench: tokio-bufring: {failed} releases failed (given duplicates)");
     }
     Ok(())
 }
@@ -1029,10 +1042,15 @@ pub fn run(args: &Args, common: &Common) -> BenchResult<Vec<Scenario>> {
     let pool_mem = args.pool_mem.unwrap_or(4 << 20);
     let conns = Rc::new(RefCell::new(Sender::spawn(n, args.msg_size)?));
     let pools = [(Incremental::Off, CONN_BUF), (Incremental::Kernel, INC_BUF)];
-    let recvs = [Recv::Tokio, Recv::TokioBufring, Recv::UringFixed]
-        .into_iter()
-        .chain(pools.map(|(mode, buf_len)| Recv::Pool { mode, buf_len }))
-        .chain(pools.map(|(mode, buf_len)| Recv::Driver { mode, buf_len }));
+    let recvs = [
+        Recv::Tokio,
+        Recv::TokioBufring,
+        Recv::TokioBufringLocal,
+        Recv::UringFixed,
+    ]
+    .into_iter()
+    .chain(pools.map(|(mode, buf_len)| Recv::Pool { mode, buf_len }))
+    .chain(pools.map(|(mode, buf_len)| Recv::Driver { mode, buf_len }));
     let contenders: Vec<Box<dyn Contender>> = recvs
         .filter(|r| common.wants(&r.name()))
         .map(|recv| {

@@ -2,7 +2,9 @@
 //! loop for a bounded time: send a 64 B request, wait for the whole `--size` response, again.
 //! The server is the contender: `tokio` (a task per connection, `read_exact` the request,
 //! `write_all` the response) or `tokio-bufring` (the same tasks, receiving through a
-//! `bufring_tokio::RecvStream` of one shared `Uring` and answering with its `send_bytes`).
+//! `bufring_tokio::RecvStream` of one shared `Uring` and answering with its `send_bytes`), with
+//! its driver on a thread of its own, or `tokio-bufring-local` with its driver as a task of
+//! the server's runtime (`Builder::build_local`, kernels from 6.13).
 //!
 //! Each round makes its own connections. The clients are one thread of this process (its own
 //! tokio current-thread runtime, a task per connection, pinned to the sender's CPU), not a
@@ -52,7 +54,11 @@ pub struct Args {
 #[derive(Clone, Copy)]
 enum Server {
     Tokio,
+    /// bufring-tokio with its driver thread (`Builder::build`).
     TokioBufring,
+    /// bufring-tokio with its driver as a task of the server's runtime
+    /// (`Builder::build_local`; kernels from 6.13).
+    TokioBufringLocal,
 }
 
 impl Server {
@@ -60,6 +66,7 @@ impl Server {
         match self {
             Server::Tokio => "tokio",
             Server::TokioBufring => "tokio-bufring",
+            Server::TokioBufringLocal => "tokio-bufring-local",
         }
     }
 }
@@ -129,7 +136,8 @@ impl Contender for RrContender {
         drop(listener);
         let served = match self.server {
             Server::Tokio => serve_tokio(socks, size, go_tx),
-            Server::TokioBufring => serve_bufring(socks, size, self.pool_mem, go_tx),
+            Server::TokioBufring => serve_bufring(socks, size, self.pool_mem, false, go_tx),
+            Server::TokioBufringLocal => serve_bufring(socks, size, self.pool_mem, true, go_tx),
         };
         let report = client.join().map_err(|_| "the client thread panicked")?;
         served?;
@@ -281,25 +289,35 @@ fn serve_tokio(socks: Vec<TcpStream>, size: usize, go: mpsc::Sender<()>) -> Benc
 }
 
 /// The same server on bufring-tokio: the connections are the streams' (closed with them).
+/// `in_runtime`: the driver is a task of this runtime (`build_local`), not a thread.
 fn serve_bufring(
     socks: Vec<TcpStream>,
     size: usize,
     pool_mem: usize,
+    in_runtime: bool,
     go: mpsc::Sender<()>,
 ) -> BenchResult<()> {
-    let uring = bufring_tokio::Uring::builder()
+    let builder = bufring_tokio::Uring::builder()
         .buffers((pool_mem / BUF_LEN).max(1))
         .buf_len(BUF_LEN)
         .driver(
             bufring::driver::Driver::builder()
                 .entries(4096)
                 .cq_entries((2 * socks.len() as u32 + 64).next_power_of_two().max(8192)),
-        )
-        .build()?;
+        );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
+        .enable_io()
         .build()?;
     let local = tokio::task::LocalSet::new();
+    let uring = if in_runtime {
+        let _g = rt.enter();
+        let (uring, driver) = builder.build_local()?;
+        local.spawn_local(driver);
+        uring
+    } else {
+        builder.build()?
+    };
     let n = socks.len();
     let live = Live::new(n);
     let r = (|| -> BenchResult<()> {
@@ -324,7 +342,7 @@ fn serve_bufring(
         }
         // Commands are taken in order: once this is answered every stream is open.
         let opened = rt
-            .block_on(async { tokio::time::timeout(TIMEOUT, uring.stats()).await })
+            .block_on(local.run_until(async { tokio::time::timeout(TIMEOUT, uring.stats()).await }))
             .map_err(|_| "bufring-tokio stats timed out")??
             .streams;
         if opened != n {
@@ -347,19 +365,23 @@ pub fn run(args: &Args, common: &Common) -> BenchResult<Vec<Scenario>> {
         return Err("--conns must be positive and --secs within (0, 60]".into());
     }
     let pool_mem = args.pool_mem.unwrap_or(4 << 20);
-    let contenders: Vec<Box<dyn Contender>> = [Server::Tokio, Server::TokioBufring]
-        .into_iter()
-        .filter(|s| common.wants(s.name()))
-        .map(|server| {
-            Box::new(RrContender {
-                server,
-                conns: n,
-                size: args.size,
-                secs,
-                pool_mem,
-            }) as Box<dyn Contender>
-        })
-        .collect();
+    let contenders: Vec<Box<dyn Contender>> = [
+        Server::Tokio,
+        Server::TokioBufring,
+        Server::TokioBufringLocal,
+    ]
+    .into_iter()
+    .filter(|s| common.wants(s.name()))
+    .map(|server| {
+        Box::new(RrContender {
+            server,
+            conns: n,
+            size: args.size,
+            secs,
+            pool_mem,
+        }) as Box<dyn Contender>
+    })
+    .collect();
     Ok(vec![interleave(
         "rr",
         format!(

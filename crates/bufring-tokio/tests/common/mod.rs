@@ -96,3 +96,31 @@ pub fn driver_threads() -> usize {
         .filter(|c| c.trim() == "bufring-tokio")
         .count()
 }
+
+/// A `Uring` in the in-runtime mode (`build_local`), or `None` (and a message) where the kernel
+/// has no usable readiness fd (before 6.13) or refuses io_uring; BUFRING_REQUIRE_URING=1 fails
+/// on an io_uring refusal, not on an old kernel. Call inside a runtime with I/O.
+pub fn local_uring(b: Builder) -> Option<(Uring, bufring_tokio::LocalDriver)> {
+    match b.build_local() {
+        Ok(u) => Some(u),
+        Err(e) if no_readiness_fd(&e) => {
+            eprintln!("SKIPPED: this kernel has no readiness fd for a deferring ring ({e})");
+            None
+        }
+        Err(e) => {
+            // io_uring itself refused: as `uring`.
+            uring(Builder::default())?;
+            panic!("build_local: {e}");
+        }
+    }
+}
+
+/// The error `build_local` gives on kernels before 6.13.
+pub fn no_readiness_fd(e: &io::Error) -> bool {
+    matches!(
+        e.get_ref().and_then(|i| i.downcast_ref::<bufring::Error>()),
+        Some(bufring::Error::Unsupported {
+            feature: bufring::Feature::DeferredEventfd
+        })
+    )
+}

@@ -1,0 +1,235 @@
+//! The in-runtime mode (`Builder::build_local`): the driver runs as a task on a `LocalSet`,
+//! woken by tokio's reactor through the driver's readiness fd. Verified echo on 64
+//! connections; a stream used from another runtime's thread; the driver task ends when the
+//! last `Uring` goes, ending the streams; dropping the driver task ends them too; a runtime
+//! without I/O is a typed error. Skipped (with a message) on kernels before 6.13.
+
+mod common;
+
+use std::io::ErrorKind;
+use std::time::Duration;
+
+use bufring_tokio::Builder;
+use common::{fill, local_uring, next, pair, Checker, LIMIT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::LocalSet;
+use tokio::time::timeout;
+
+const CONNS: u64 = 64;
+const BYTES: usize = 256 * 1024;
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn client(addr: std::net::SocketAddr, seed: u64) -> u64 {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    let writer = async move {
+        let mut at = 0;
+        let mut piece = 1000 + seed as usize * 37;
+        while at < BYTES {
+            let n = piece.min(BYTES - at);
+            wr.write_all(&fill(seed, at as u64, n)).await.unwrap();
+            at += n;
+            piece = (piece * 7) % 50_000 + 1;
+        }
+        wr.shutdown().await.unwrap();
+    };
+    let reader = async move {
+        let mut check = Checker::new(seed);
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let n = rd.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            check.check(&buf[..n]);
+        }
+        check.pos
+    };
+    let ((), got) = tokio::join!(writer, reader);
+    got
+}
+
+#[test]
+fn echo_64_in_the_runtime() {
+    let rt = current_thread();
+    let local = LocalSet::new();
+    let leaks = bufring::leaks();
+    local.block_on(&rt, async {
+        let Some((uring, driver)) = local_uring(Builder::default()) else {
+            return;
+        };
+        let driver = tokio::task::spawn_local(driver);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let run = async {
+            let clients: Vec<_> = (0..CONNS)
+                .map(|seed| tokio::task::spawn_local(client(addr, seed)))
+                .collect();
+            let mut servers = Vec::new();
+            for _ in 0..CONNS {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let mut stream = uring.recv_stream(tcp).unwrap();
+                servers.push(tokio::task::spawn_local(async move {
+                    let mut echoed = 0u64;
+                    while let Some(item) = stream.recv().await {
+                        let chunk = item.expect("no receive error in an echo");
+                        echoed += chunk.len() as u64;
+                        stream.send(chunk).await.unwrap();
+                    }
+                    echoed
+                }));
+            }
+            for c in clients {
+                assert_eq!(c.await.unwrap(), BYTES as u64, "a client got all its echo");
+            }
+            for s in servers {
+                assert_eq!(s.await.unwrap(), BYTES as u64, "a server echoed it all");
+            }
+        };
+        timeout(LIMIT, run).await.expect("echo in time");
+        let stats = uring.stats().await.unwrap();
+        assert!(stats.resident_bytes.is_some(), "mincore answered");
+        drop(uring);
+        // The last handle gone: the driver task ends by itself.
+        let r = timeout(Duration::from_secs(10), driver)
+            .await
+            .expect("the driver task ended");
+        r.unwrap().unwrap();
+    });
+    assert_eq!(bufring::leaks(), leaks, "nothing leaked");
+}
+
+/// A stream made on the local driver's thread is read and answered from a task of another
+/// runtime (a multi-thread one): commands from that thread wake the driver task.
+#[test]
+fn a_stream_used_from_another_thread() {
+    let rt = current_thread();
+    let local = LocalSet::new();
+    local.block_on(&rt, async {
+        let Some((uring, driver)) = local_uring(Builder::default()) else {
+            return;
+        };
+        let driver = tokio::task::spawn_local(driver);
+        let (mine, mut peer) = pair().await;
+        let mut s = uring.recv_stream(mine).unwrap();
+        let other = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut check = Checker::new(3);
+                while check.pos < 100_000 {
+                    let c = timeout(LIMIT, next(&mut s))
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .unwrap();
+                    check.check(&c);
+                    s.send(c).await.unwrap();
+                }
+                s.flush().await.unwrap();
+            });
+        });
+        let run = async {
+            peer.write_all(&fill(3, 0, 100_000)).await.unwrap();
+            let mut back = vec![0u8; 100_000];
+            peer.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, fill(3, 0, 100_000));
+        };
+        timeout(LIMIT, run).await.expect("in time");
+        // (Joined off the runtime's thread so that the driver task keeps running meanwhile.)
+        tokio::task::spawn_blocking(move || other.join().unwrap())
+            .await
+            .unwrap();
+        drop(uring);
+        timeout(Duration::from_secs(10), driver)
+            .await
+            .expect("the driver task ended")
+            .unwrap()
+            .unwrap();
+    });
+}
+
+/// Dropping the driver task (its `LocalSet` goes) ends the streams: what was received, an
+/// error item (ConnectionAborted), then the end; sends fail; the peer sees the close.
+#[test]
+fn dropping_the_driver_task_ends_the_streams() {
+    let rt = current_thread();
+    let leaks = bufring::leaks();
+    let local = LocalSet::new();
+    let made = local.block_on(&rt, async {
+        let (uring, driver) = local_uring(Builder::default())?;
+        tokio::task::spawn_local(driver);
+        let (mine, mut peer) = pair().await;
+        let s = uring.recv_stream(mine).unwrap();
+        peer.write_all(b"before").await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while s.buffered() < 6 {
+            assert!(tokio::time::Instant::now() < deadline, "nothing received");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Some((uring, s, peer))
+    });
+    let Some((uring, mut s, mut peer)) = made else {
+        return;
+    };
+    drop(local); // drops the driver task
+    rt.block_on(async {
+        let mut got = Vec::new();
+        let err = loop {
+            match timeout(LIMIT, next(&mut s)).await.unwrap() {
+                Some(Ok(c)) => got.extend_from_slice(&c),
+                Some(Err(e)) => break e,
+                None => panic!("the end without the error"),
+            }
+        };
+        assert_eq!(got, b"before");
+        assert_eq!(err.kind(), ErrorKind::ConnectionAborted);
+        assert!(next(&mut s).await.is_none());
+        assert!(s.send_bytes(b"x".to_vec()).await.is_err());
+        let mut buf = [0u8; 8];
+        let n = timeout(Duration::from_secs(10), peer.read(&mut buf))
+            .await
+            .expect("the peer sees the close")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    });
+    drop(s);
+    drop(uring);
+    assert_eq!(bufring::leaks(), leaks, "nothing leaked");
+}
+
+/// `build_local` on a runtime without I/O (or outside any runtime) is a typed error.
+#[test]
+fn build_local_without_io_is_an_error() {
+    let outside = Builder::default().build_local().map(|_| ()).unwrap_err();
+    assert!(
+        matches!(
+            outside.kind(),
+            ErrorKind::Unsupported | ErrorKind::PermissionDenied
+        ),
+        "{outside}"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _g = rt.enter();
+    let e = Builder::default().build_local().map(|_| ()).unwrap_err();
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::Unsupported | ErrorKind::PermissionDenied
+        ),
+        "{e}"
+    );
+}
