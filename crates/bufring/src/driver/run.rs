@@ -47,7 +47,7 @@ impl Driver {
     }
 
     /// [`run_once`](Self::run_once) without waiting: what a runtime calls when the
-    /// [readiness fd](Self::readiness_fd) is readable.
+    /// [readiness fd](Self::readiness_fd) (or the [wake-up fd](Self::wake_fd)) is readable.
     pub fn poll(&mut self) -> Result<()> {
         loop {
             self.run_once(Some(Duration::ZERO))?;
@@ -58,7 +58,14 @@ impl Driver {
             let mut word = 0u64;
             // SAFETY: reads at most 8 bytes into a live u64 from an eventfd we own.
             unsafe { libc::read(fd.as_raw_fd(), (&mut word as *mut u64).cast(), 8) };
-            if self.ring.completion().is_empty() && !self.ring.submission().taskrun() {
+            // Completions parked in the kernel's overflow list (a full completion queue)
+            // signal nothing more: they come out at the next enter (`submit` asks for them
+            // when the flag is up), so go round again while it is.
+            let (taskrun, overflow) = {
+                let sq = self.ring.submission();
+                (sq.taskrun(), sq.cq_overflow())
+            };
+            if self.ring.completion().is_empty() && !taskrun && !overflow {
                 return Ok(());
             }
         }
@@ -77,7 +84,8 @@ impl Driver {
     /// [`Error::Unsupported`] ([`Feature::DeferredEventfd`](crate::Feature::DeferredEventfd)):
     /// 6.12 does not, with or without deferred task work, nor 6.1 with it; 6.18 does. There,
     /// drive the driver from a thread of its own blocked in [`run_once`](Self::run_once), as
-    /// `bufring-tokio` does. (A ring from [`DriverBuilder::ring_builder`] is not checked.)
+    /// `bufring-tokio` does by default. (A ring from [`DriverBuilder::ring_builder`] is not
+    /// checked.) Watch the [wake-up fd](Self::wake_fd) too.
     pub fn readiness_fd(&mut self) -> Result<BorrowedFd<'_>> {
         if self.ready.is_none() {
             if !self.custom_ring && !crate::probe::receive_signals_eventfd(self.deferred) {
@@ -99,6 +107,19 @@ impl Driver {
             self.ready = Some(fd);
         }
         Ok(self.ready.as_ref().expect("just made").as_fd())
+    }
+
+    /// The eventfd that wake-ups write: [`DriverWaker::wake`], and a chunk dropped while
+    /// receives wait for buffers. The ring reads it (that is how [`run_once`](Self::run_once)
+    /// wakes up); a runtime driving the driver through [`poll`](Self::poll) should watch it for
+    /// readability (edge triggered; do not read it) beside the
+    /// [readiness fd](Self::readiness_fd), because the kernel may not signal the readiness fd
+    /// for the completion of that read: 6.18.44 signals a ring's registered eventfd for a
+    /// completion caused by a write to another eventfd (a signal it defers) only the first time
+    /// in the ring's life, so a driver watched through the readiness fd alone misses every
+    /// later wake-up (measured: bufring-tokio's in-runtime mode stalled with its pool dry).
+    pub fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.notify.as_fd()
     }
 
     /// How long a runtime that drives this driver through [`poll`](Self::poll) may leave it
