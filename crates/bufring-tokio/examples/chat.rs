@@ -115,7 +115,7 @@ async fn client(
     let listen = async {
         let mut rd = BufReader::new(rd);
         let want = if talker { TALKERS - 1 } else { TALKERS } * LINES;
-        let mut next = vec![0usize; TALKERS];
+        let mut next = [0usize; TALKERS];
         let mut buf = String::new();
         for _ in 0..want {
             buf.clear();

@@ -60,6 +60,9 @@ impl TaskWake {
 pub struct LocalDriver {
     /// The reactor's registration of (a duplicate of) the driver's readiness fd.
     ready: Option<AsyncFd<OwnedFd>>,
+    /// And of its wake-up eventfd (`Driver::wake_fd`: chunk drops while receives wait for
+    /// buffers, `DriverWaker`), which the kernel may not signal through the readiness fd.
+    woken: Option<AsyncFd<OwnedFd>>,
     core: Option<Core>,
     task: Arc<TaskWake>,
     /// The driver timer armed for the next deadline, and when it fires.
@@ -79,29 +82,19 @@ impl LocalDriver {
     /// kernel has no usable readiness fd (`Unsupported`, before 6.13), outside a runtime, or on
     /// a runtime without I/O (`enable_io`).
     pub(crate) fn new(mut core: Core, task: Arc<TaskWake>) -> io::Result<LocalDriver> {
-        // The reactor gets a duplicate of the eventfd (the same file, so the same readiness),
-        // owned by the registration: it stays open exactly as long as the registration.
-        let fd = core
+        // The reactor gets duplicates of the eventfds (the same files, so the same readiness),
+        // owned by the registrations: each stays open exactly as long as its registration.
+        let ready = core
             .driver
             .readiness_fd()
             .map_err(to_io)?
             .try_clone_to_owned()?;
-        // tokio panics, not errs, outside a runtime or on one whose I/O driver is off.
-        let ready = std::panic::catch_unwind(|| {
-            // SAFETY: the reactor keeps the fd's number registered with epoll until the
-            // `AsyncFd` is dropped; the `OwnedFd` inside it keeps that number open and naming
-            // the same eventfd for exactly that long, and `as_raw_fd` always returns it.
-            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
-        })
-        .map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::Unsupported,
-                "build_local must be called inside a tokio runtime with I/O enabled (enable_io)",
-            )
-        })?
-        .map_err(io::Error::from)?;
+        let woken = core.driver.wake_fd().try_clone_to_owned()?;
+        let ready = register(ready)?;
+        let woken = register(woken)?;
         Ok(LocalDriver {
             ready: Some(ready),
+            woken: Some(woken),
             core: Some(core),
             task,
             timer: None,
@@ -111,6 +104,7 @@ impl LocalDriver {
     /// Ends the streams and drops the driver (after the registration).
     fn finish(&mut self, why: io::Error) {
         self.ready = None;
+        self.woken = None;
         if let Some(core) = self.core.take() {
             core.finish(why);
         }
@@ -169,9 +163,14 @@ impl LocalDriver {
                     continue;
                 }
             }
-            let Some(ready) = self.ready.as_ref() else {
+            let (Some(ready), Some(woken)) = (self.ready.as_ref(), self.woken.as_ref()) else {
                 return Poll::Ready(Ok(()));
             };
+            // Only watched, never read here: the ring's own read takes the count.
+            if let Poll::Ready(Ok(mut guard)) = woken.poll_read_ready(cx) {
+                guard.clear_ready();
+                continue;
+            }
             match ready.poll_read_ready(cx) {
                 Poll::Ready(Ok(mut guard)) => {
                     // Cleared before the next step reads the eventfd: a signal after that read
@@ -202,6 +201,24 @@ impl LocalDriver {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+}
+
+/// Registers `fd` with the current runtime's reactor, for reading.
+fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // tokio panics, not errs, outside a runtime or on one whose I/O driver is off.
+    std::panic::catch_unwind(|| {
+        // SAFETY: the reactor keeps the fd's number registered with epoll until the `AsyncFd`
+        // is dropped; the `OwnedFd` inside it keeps that number open and naming the same
+        // eventfd for exactly that long, and `as_raw_fd` always returns it.
+        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+    })
+    .map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            "build_local must be called inside a tokio runtime with I/O enabled (enable_io)",
+        )
+    })?
+    .map_err(io::Error::from)
 }
 
 impl Future for LocalDriver {

@@ -58,11 +58,29 @@ async fn client(addr: std::net::SocketAddr, seed: u64) -> u64 {
 
 #[test]
 fn echo_64_in_the_runtime() {
+    echo_64(Builder::default());
+}
+
+/// A tiny pool (8 buffers of 4 KiB for 64 connections): it runs dry again and again, and the
+/// driver task must be woken each time a chunk dropped by a task gives a buffer back. On
+/// 6.18.44 the kernel signals the readiness fd for that only the first time (see
+/// `Driver::wake_fd`); this stalled before the driver task watched the wake-up eventfd too.
+#[test]
+fn echo_64_in_the_runtime_tiny_pool() {
+    echo_64(
+        Builder::default()
+            .buffers(8)
+            .buf_len(4096)
+            .stream_limit(16 * 1024),
+    );
+}
+
+fn echo_64(builder: Builder) {
     let rt = current_thread();
     let local = LocalSet::new();
     let leaks = bufring::leaks();
     local.block_on(&rt, async {
-        let Some((uring, driver)) = local_uring(Builder::default()) else {
+        let Some((uring, driver)) = local_uring(builder) else {
             return;
         };
         let driver = tokio::task::spawn_local(driver);
@@ -95,6 +113,10 @@ fn echo_64_in_the_runtime() {
         };
         timeout(LIMIT, run).await.expect("echo in time");
         let stats = uring.stats().await.unwrap();
+        eprintln!(
+            "{} receives re-armed after waiting for buffers, {} wake-ups on return",
+            stats.driver.rearms_after_wait, stats.driver.return_wakes
+        );
         assert!(stats.resident_bytes.is_some(), "mincore answered");
         drop(uring);
         // The last handle gone: the driver task ends by itself.
