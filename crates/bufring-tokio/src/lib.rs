@@ -1,10 +1,10 @@
 //! bufring in tokio: keep your runtime, get io_uring provided-buffer receives.
 //!
 //! A [`Uring`] owns one [`bufring::driver::Driver`] (one io_uring, one shared incremental
-//! buffer pool) on a thread of its own. Hand it a connected socket with
-//! [`Uring::recv_stream`] and you get a [`RecvStream`]: a
-//! [`Stream`](futures_core::Stream) of [`Chunk`]s, pieces of pool buffers the kernel picked
-//! only when data arrived, which give their buffer back when dropped (on any thread).
+//! buffer pool). Hand it a connected socket with [`Uring::recv_stream`] and you get a
+//! [`RecvStream`]: a [`Stream`](futures_core::Stream) of [`Chunk`]s, pieces of pool buffers the
+//! kernel picked only when data arrived, which give their buffer back when dropped (on any
+//! thread). An idle connection holds no receive buffer.
 //!
 //! ```no_run
 //! use bufring_tokio::Uring;
@@ -22,45 +22,55 @@
 //! `RecvStream` is a `futures_core::Stream` too: with `tokio-stream` or `futures`,
 //! `stream.next().await` reads the same, and the stream combinators apply.
 //!
-//! # Design: one driver thread per `Uring`
+//! # Two modes: a driver thread, or a local task
 //! The driver is `!Send`: one io_uring, submitted to and reaped by one thread. One driver per
 //! tokio worker would not keep a socket's work on one thread anyway (the multi-thread runtime
-//! moves tasks between workers, so a stream's task would still reach another thread's driver),
-//! and it would have to be driven from inside the runtime's own loop (through
-//! [`readiness_fd`](bufring::driver::Driver::readiness_fd), which needs DEFER_TASKRUN off on
-//! 6.1 and 6.12). Instead each [`Uring`] spawns **one std thread** that owns the driver and
-//! blocks in [`Driver::run_once`]`(None)`. So:
-//! - the handle is `Clone + Send + Sync` and works from any runtime flavour (current-thread,
-//!   multi-thread), from several runtimes at once, or from plain threads: nothing in this crate
-//!   needs a tokio reactor or spawns a task;
-//! - tasks talk to the driver thread through a command queue (an `std::sync::mpsc` channel)
-//!   followed by [`DriverWaker::wake`]; the driver thread talks back through each stream's
-//!   shared state (a `Mutex` holding its queue of chunks and the task's `Waker`) and tokio
-//!   oneshot channels for replies;
-//! - the driver thread blocks in the ring itself, so the driver's `readiness_fd` is not
-//!   needed, and the ring keeps IORING_SETUP_DEFER_TASKRUN on every kernel: the kernels where
-//!   `readiness_fd` refuses a deferring ring (6.1, 6.12) are no exception here. (The tests ran
-//!   on 6.18.)
+//! moves tasks between workers). So a `Uring` runs its driver one of two ways; the handle, the
+//! streams and everything below work the same in both.
 //!
-//! The cost is a thread hop per batch: the driver thread moves chunks (pointers, not bytes)
-//! into a stream's queue and wakes its task. Make more than one `Uring` to spread receives over
-//! more threads.
+//! - **A thread of its own** ([`Builder::build`], [`Uring::new`]; the default, every kernel).
+//!   The thread blocks in [`Driver::run_once`] between batches. It works from any runtime
+//!   flavour, from several runtimes at once, or from plain threads: nothing needs a tokio
+//!   reactor or spawns a task, and the ring keeps IORING_SETUP_DEFER_TASKRUN on every kernel.
+//!   The cost is a thread hop per batch each way: the driver thread moves chunks (pointers, not
+//!   bytes) into a stream's queue and wakes its task, and a task's command wakes the driver
+//!   thread. The thread inherits the CPU affinity of the thread that built the `Uring`: pinned
+//!   to one CPU, both share it.
+//! - **A task of your runtime** ([`Builder::build_local`], kernels from 6.13). It returns the
+//!   handle and a [`LocalDriver`] future to spawn with `tokio::task::spawn_local` on a
+//!   `LocalSet` (a current-thread runtime, or one thread of a multi-thread one). Tokio's reactor
+//!   watches the driver's [readiness fd](bufring::driver::Driver::readiness_fd) and
+//!   [wake-up fd](bufring::driver::Driver::wake_fd); a batch of completions, the tasks it wakes
+//!   and the sends they make run on that one thread, with no thread hop. The `LocalDriver` must
+//!   be polled: a `LocalSet` that is not running (a `block_on` outside `run_until`, say) stalls
+//!   every stream of that `Uring`. Streams still work from other threads (their commands wake
+//!   the driver's task). On kernels before 6.13 `build_local` fails with `Unsupported` (the
+//!   kernel does not wake a poller of the eventfd when data arrives): use `build` there, as
+//!   `examples/chat.rs` does.
+//!
+//! Tasks talk to the driver's side through a command queue (an `std::sync::mpsc` channel); the
+//! driver's side is woken only when it sleeps (a flag it sets before sleeping). It talks back
+//! through each stream's shared state (a `Mutex` holding its queue of chunks, the task's
+//! `Waker` and the send accounting); only queries (`stats`, `driver_queued`, `shutdown_write`,
+//! `release`) wait for a reply. Make more than one `Uring` to spread receives over more
+//! threads.
 //!
 //! # Backpressure
 //! A stream's shared queue holds at most [`Builder::stream_limit`] bytes (default 256 KiB):
-//! past it the driver thread leaves data in the driver's receive queue, and the driver's quota
-//! stops the socket's receive when that queue is over its quota (a fair share of the pool,
-//! within [`DriverBuilder::recv_quota`]). When the task has drained the shared queue under half
-//! the limit, it asks the driver thread to move more. So a consumer that stops reading holds at
-//! most `stream_limit` + the quota, the kernel's socket buffer fills, and TCP flow control
-//! slows the peer; other streams on the same `Uring` keep flowing.
+//! past it the driver leaves data in its receive queue, and the driver's quota stops the
+//! socket's receive when that queue is over its quota (a fair share of the pool, within
+//! [`DriverBuilder::recv_quota`]). When the task has drained the shared queue under half the
+//! limit, it asks the driver for more. So a consumer that stops reading holds at most
+//! `stream_limit` + the quota, the kernel's socket buffer fills, and TCP flow control slows the
+//! peer; other streams on the same `Uring` keep flowing.
 //!
 //! A chunk pins its pool buffer until dropped, and with an incremental pool one buffer holds
 //! pieces of several streams. So that a consumer that stopped reading cannot hold pool buffers
-//! others need, the driver thread copies the queue of a full stream whose task has not taken
-//! anything for [`Builder::idle_spill`] (default 100 ms) to the heap (once; at most
-//! `stream_limit` bytes), and the buffers go back to the kernel. The driver does the same for
-//! its own queues when the pool runs dry.
+//! others need, the driver copies the queue of a full stream whose task has not taken anything
+//! for [`Builder::idle_spill`] (default 100 ms) to the heap (once; at most `stream_limit`
+//! bytes), and the buffers go back to the kernel. The driver does the same for its own queues
+//! when the pool runs dry. Chunks your code keeps elsewhere cannot be spilled
+//! ([`Chunk::to_heap`] copies one).
 //!
 //! # Sending
 //! The fd leaves tokio (`into_std`) and belongs to the driver: its receives are in flight on
@@ -68,25 +78,49 @@
 //! make a second owner that could close the fd under a request in flight (or let the number be
 //! reused by another file). So sends go through the driver too: [`RecvStream::send`] (a chunk,
 //! sent straight from its pool buffer, so an echo copies nothing) and
-//! [`RecvStream::send_bytes`]; a [`StreamSender`] does the same from another task. A send is
-//! queued when it is called (order follows the calls); its future resolves once less than
-//! `stream_limit` waits to be sent, which holds back a task that sends faster than the peer
-//! reads.
+//! [`RecvStream::send_bytes`]; a [`StreamSender`] does the same from another task.
+//!
+//! A send is queued when it is called (order follows the calls). Its future resolves at once
+//! while less than `stream_limit` waits to be sent (no round trip to the driver), else once the
+//! driver has sent enough: that holds back a task that sends faster than the peer reads. `Ok`
+//! means queued, not delivered: a send that fails later makes the stream's later sends fail
+//! with its error. [`RecvStream::flush`] waits until everything queued has gone.
+//!
+//! # Handing a socket back
+//! [`RecvStream::release`] stops the receive, waits (bounded) for it to end and gives back the
+//! fd with the bytes received and not yet taken ([`Released`]), so a protocol can move the
+//! connection elsewhere without losing a byte.
+//!
+//! # Errors when taking a socket
+//! [`Uring::recv_stream`] takes the socket by value: if it fails (a tokio stream that cannot
+//! leave its reactor, or a driver that has stopped), the socket is closed, not given back. A
+//! receive the driver cannot start shows as the stream's first item, an error.
+//!
+//! # Statistics
+//! [`Uring::stats`]: the driver's counters, the pool's, the pool's resident bytes (its real
+//! receive memory, by `mincore`), the streams open and the bytes idle-spilled.
 //!
 //! # Shutdown
 //! Dropping a [`RecvStream`] closes its socket (after what was queued to send has gone). When
-//! the last [`Uring`] handle is dropped, the driver thread stops: streams still alive get what
-//! was already in their queue, then an error item (`ConnectionAborted`), then the end; the
-//! driver is dropped (it cancels its requests and waits for them), and the drop joins the
-//! thread, waiting at most 5 seconds (the driver's own drop is bounded at 2). That drop blocks
-//! the thread it runs on (a runtime worker, in a task) for as long as the driver takes to
-//! cancel (the shutdown test's runtime, 16 streams with receives armed and the driver thread
-//! included, shuts down in about a millisecond on 6.18). No request outlives the memory it
-//! points at: a request that would not end makes the driver keep its memory for good
-//! ([`bufring::leaks`] counts it).
+//! the last [`Uring`] handle is dropped, the driver stops: streams still alive get what was
+//! already in their queue, then an error item (`ConnectionAborted`), then the end; the driver
+//! is dropped (it cancels its requests and waits for them, at most 2 s). In the thread mode the
+//! drop of the last handle joins the thread, waiting at most 5 seconds; that blocks the thread
+//! it runs on (a runtime worker, in a task) for as long as the driver takes to cancel (the
+//! shutdown test's runtime, 16 streams with receives armed and the driver thread included,
+//! shuts down in about a millisecond on 6.18). In the in-runtime mode the [`LocalDriver`]
+//! future resolves instead, and dropping it (a `LocalSet` dropped) ends the streams the same
+//! way. No request outlives the memory it points at: a request that would not end makes the
+//! driver keep its memory for good ([`bufring::leaks`] counts it).
+//!
+//! # Valgrind
+//! This crate's tests cannot run under valgrind's memcheck (3.19): memcheck holds its lock
+//! while a thread blocks in `io_uring_enter`, and the driver thread blocks there, so every
+//! other thread stalls (a bound on the wait, [`Builder::max_wait`], still left the cancellation
+//! tests running for more than 15 minutes). The driver underneath is covered by the `bufring`
+//! crate's memcheck run (scripts/valgrind.sh).
 //!
 //! [`Driver::run_once`]: bufring::driver::Driver::run_once
-//! [`DriverWaker::wake`]: bufring::driver::DriverWaker::wake
 //! [`DriverBuilder::recv_quota`]: bufring::driver::DriverBuilder::recv_quota
 //! [`Driver`]: bufring::driver::Driver
 //! [`bufring::driver::Driver`]: bufring::driver::Driver
@@ -436,7 +470,8 @@ impl Uring {
 
     /// Hands a connected socket to the driver, which starts receiving on it into the shared
     /// pool, and returns the stream of what arrives. Fails only when the socket cannot be taken
-    /// (a tokio stream leaving its reactor) or the driver thread has stopped.
+    /// (a tokio stream leaving its reactor) or the driver has stopped; either way the socket
+    /// is closed, not given back. [`RecvStream::release`] gives it back later.
     pub fn recv_stream(&self, socket: impl IntoSocket) -> io::Result<RecvStream> {
         let fd = socket.into_socket()?;
         let link = &self.owner.link;
@@ -450,7 +485,7 @@ impl Uring {
         Ok(RecvStream::new(Arc::clone(link), key, shared))
     }
 
-    /// The driver's counters, the pool's statistics and the stream count.
+    /// The driver's counters, the pool's statistics and resident bytes, and the stream count.
     pub async fn stats(&self) -> io::Result<UringStats> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.owner.link.command(Cmd::Stats { reply })?;
