@@ -149,7 +149,11 @@ impl LocalDriver {
                 return Poll::Ready(Err(out));
             }
             if core.events() > 0 {
-                continue;
+                // The batch woke the tasks it fed: let them run (and drop their chunks, giving
+                // buffers back) before the next batch, rather than filling their queues further
+                // while they wait. Re-queued behind them.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
             let wait = [core.spill_idle(), core.driver.next_timeout(), core.max_wait]
                 .into_iter()
