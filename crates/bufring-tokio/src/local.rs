@@ -128,9 +128,10 @@ impl LocalDriver {
         true
     }
 
-    /// One poll: rounds of commands, a non-blocking step of the ring and its events, until
-    /// nothing is left (then `Pending`, with the readiness fd and the commands watched) or the
-    /// budget is spent (then it yields).
+    /// One poll: rounds of commands and a non-blocking step of the ring, until a step brings
+    /// events (then it handles them and yields, so that the tasks they fed run first), nothing
+    /// is left (then `Pending`, with the readiness fd, the wake-up fd and the commands watched)
+    /// or the budget is spent (then it yields).
     fn step(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.task.register(cx.waker());
         for _ in 0..BUDGET {
