@@ -301,7 +301,7 @@ impl Driver {
             sock.tx_bytes = 0;
         }
         let pool = sock.pool;
-        let uds = [sock.recv_op, sock.send_op, sock.connect_op];
+        let uds = [sock.recv_op, sock.send_op, sock.connect_op, sock.watch_op];
         if sock.idle_timeout.take().is_some() {
             self.idle_sockets -= 1;
         }

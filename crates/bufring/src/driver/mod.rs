@@ -98,6 +98,15 @@ pub struct PoolId(usize);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SocketId(u64);
 
+impl SocketId {
+    /// The socket's slot in the driver: a small number, dense from 0 and reused once the
+    /// socket is closed (the id is not: its generation changes). Index a `Vec` of your own
+    /// per-socket state with it.
+    pub fn slot(self) -> usize {
+        self.0 as u32 as usize
+    }
+}
+
 /// A listening socket the driver accepts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ListenerId(u64);
@@ -152,6 +161,17 @@ pub enum Event {
         /// What the kernel said.
         error: io::Error,
     },
+    /// `socket`'s stream ended with an error (a reset, for example). Sent at once, even while
+    /// received data is still queued and even while its receive is stopped at its quota (the
+    /// driver watches a stopped receive's socket for errors), so that a reader that is not
+    /// reading learns of it: [`read`](Driver::read) still gives the queued data, then
+    /// [`Received::Error`].
+    Failed {
+        /// The socket.
+        socket: SocketId,
+        /// What the kernel said.
+        error: io::Error,
+    },
     /// No data moved on `socket` for its [idle timeout](Driver::set_idle_timeout).
     Idle {
         /// The socket.
@@ -180,6 +200,7 @@ impl Event {
             | Event::Readable { socket }
             | Event::Sent { socket }
             | Event::SendFailed { socket, .. }
+            | Event::Failed { socket, .. }
             | Event::Idle { socket }
             | Event::Closed { socket } => Some(*socket),
             Event::AcceptFailed { .. } | Event::Timer { .. } | Event::Woken => None,
@@ -479,6 +500,12 @@ impl Driver {
             self.next_idle_check = Some(self.next_idle_check.map_or(check, |c| c.min(check)));
         }
         Ok(())
+    }
+
+    /// How long no data moved on `s` (nothing received, nothing sent), as of the last batch
+    /// of completions.
+    pub fn idle_for(&self, s: SocketId) -> Result<Duration> {
+        Ok(self.now.saturating_duration_since(self.sock(s)?.active))
     }
 
     /// The counters.

@@ -249,6 +249,10 @@ impl Driver {
                 self.ops.remove(ud);
                 self.on_send(sock, res);
             }
+            Op::Watch { sock } => {
+                self.ops.remove(ud);
+                self.on_watch(sock, res);
+            }
             Op::Connect { sock, .. } => {
                 self.ops.remove(ud);
                 self.on_connect(sock, res);

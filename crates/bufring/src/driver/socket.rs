@@ -79,6 +79,8 @@ pub(super) struct Socket {
     pub(super) recv_op: Option<u64>,
     pub(super) send_op: Option<u64>,
     pub(super) connect_op: Option<u64>,
+    /// The error watch while the receive is stopped at its quota.
+    pub(super) watch_op: Option<u64>,
     /// Requests in flight that name this socket; the slot is freed at zero once closing.
     pub(super) inflight: u32,
     /// The idle timeout, and the last time data moved.
@@ -113,6 +115,7 @@ impl Socket {
             recv_op: None,
             send_op: None,
             connect_op: None,
+            watch_op: None,
             inflight: 0,
             idle_timeout: None,
             active: now,
