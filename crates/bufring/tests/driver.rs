@@ -913,6 +913,38 @@ fn a_reset_while_the_receive_is_stopped_is_reported_at_once() {
     assert_eq!(d.read(s).unwrap().map(|_| ()), None);
 }
 
+/// Proves a socket connected with a connect timeout frees and reports `Closed` when closed:
+/// the linked timeout's completion does not hold the socket (it did once: the socket never
+/// freed, and a proxy's drain never ended).
+#[test]
+fn a_socket_connected_within_its_timeout_closes() {
+    let Some(mut d) = driver(Driver::builder()) else {
+        return;
+    };
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let s = d
+        .connect(l.local_addr().unwrap(), Some(Duration::from_secs(5)))
+        .unwrap();
+    let (connected, closed) = (Cell::new(false), Cell::new(false));
+    run_until(
+        &mut d,
+        Duration::from_secs(5),
+        |d, ev| match ev {
+            Event::Connected { socket, result } => {
+                assert_eq!(socket, s);
+                result.unwrap();
+                connected.set(true);
+                d.close(s).unwrap();
+            }
+            Event::Closed { socket } if socket == s => closed.set(true),
+            _ => {}
+        },
+        |_| closed.get(),
+    );
+    assert!(connected.get());
+    assert_eq!(d.stats().sockets, 0);
+}
+
 fn set_linger_zero(s: &TcpStream) {
     let l = libc::linger {
         l_onoff: 1,

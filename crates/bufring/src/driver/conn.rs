@@ -30,7 +30,9 @@ impl Driver {
         .build();
         let sock = self.at(idx);
         sock.connecting = true;
-        sock.inflight += 1 + u32::from(timeout.is_some());
+        // The linked timeout is not the socket's: it names only its own timespec, which its op
+        // keeps until its completion.
+        sock.inflight += 1;
         let ud = self.ops.insert(Op::Connect {
             sock: idx,
             _addr: addr,

@@ -508,6 +508,13 @@ impl Driver {
         Ok(self.now.saturating_duration_since(self.sock(s)?.active))
     }
 
+    /// Whether receives stop at their quota by the kernel's byte limit on multishot receives
+    /// (Linux 6.17), rather than by a cancel after the fact: true until the kernel refuses the
+    /// first limited receive.
+    pub fn recv_limited(&self) -> bool {
+        self.recv_limit
+    }
+
     /// The counters.
     pub fn stats(&self) -> DriverStats {
         let mut s = self.stats;
