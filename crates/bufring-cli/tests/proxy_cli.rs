@@ -174,7 +174,7 @@ fn bundles_flag_forwards_data() {
             .args(["proxy", "--listen", "127.0.0.1:0", "--upstream"])
             .arg(upstream.to_string())
             .args(["--threads", "1", "--buffers", "64", "--buf-size", "4096"])
-            .arg("--bundles")
+            .args(["--bundles", "on"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -231,7 +231,7 @@ fn bundles_flag_forwards_data() {
     assert!(exit.contains("upstream->client 524288"), "{exit}");
     // Every receive went through the bundle path.
     assert!(
-        exit.contains("; bundles ") && !exit.contains("; bundles 0 "),
+        exit.contains(" bundles;") && !exit.contains(" 0 bundles;"),
         "{exit}"
     );
 }
