@@ -860,7 +860,9 @@ fn a_reset_while_the_receive_is_stopped_is_reported_at_once() {
     let Some(mut d) = driver(Driver::builder().recv_quota(64 * 1024, 64 * 1024)) else {
         return;
     };
-    let pool = d.add_pool(Pool::builder(0).count(64).buf_len(16 * 1024)).unwrap();
+    let pool = d
+        .add_pool(Pool::builder(0).count(64).buf_len(16 * 1024))
+        .unwrap();
     let (a, b) = common::tcp_pair();
     let s = d.socket(a);
     d.recv(s, pool).unwrap();
@@ -897,7 +899,10 @@ fn a_reset_while_the_receive_is_stopped_is_reported_at_once() {
     );
     let err = failed.into_inner().unwrap();
     assert!(
-        matches!(err.raw_os_error(), Some(libc::ECONNRESET) | Some(libc::EPIPE)),
+        matches!(
+            err.raw_os_error(),
+            Some(libc::ECONNRESET) | Some(libc::EPIPE)
+        ),
         "{err}"
     );
     // Nothing was read yet: the queued data comes first, then the error.

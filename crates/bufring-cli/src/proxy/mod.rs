@@ -17,6 +17,8 @@ mod net;
 mod worker;
 
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;
@@ -206,10 +208,16 @@ impl Config {
             ));
         }
         if self.upstream.port() == 0 {
-            return Err(format!("--upstream {}: port 0 names no server", self.upstream));
+            return Err(format!(
+                "--upstream {}: port 0 names no server",
+                self.upstream
+            ));
         }
         if self.upstream.ip().is_unspecified() {
-            return Err(format!("--upstream {}: an unspecified address", self.upstream));
+            return Err(format!(
+                "--upstream {}: an unspecified address",
+                self.upstream
+            ));
         }
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
@@ -449,13 +457,15 @@ impl Proxy {
             let (cfg, shared, tx) = (cfg.clone(), Arc::clone(&shared), tx.clone());
             let t = std::thread::Builder::new()
                 .name(format!("proxy-{id}"))
-                .spawn(move || match worker::Worker::new(id, &cfg, listener, shared, &tx) {
-                    Some(w) => {
-                        drop(tx);
-                        w.run()
-                    }
-                    None => Ok(()),
-                })?;
+                .spawn(
+                    move || match worker::Worker::new(id, &cfg, listener, shared, &tx) {
+                        Some(w) => {
+                            drop(tx);
+                            w.run()
+                        }
+                        None => Ok(()),
+                    },
+                )?;
             handle.threads.push(t);
         }
         drop(tx);

@@ -13,11 +13,11 @@ use bufring::Incremental;
 
 use super::{Config, Proxy, ProxyHandle};
 
-const T: Duration = Duration::from_secs(20);
+pub(super) const T: Duration = Duration::from_secs(20);
 
 /// Whether io_uring works here; otherwise the test is skipped (or fails with
 /// BUFRING_REQUIRE_URING=1).
-fn uring_ok() -> bool {
+pub(super) fn uring_ok() -> bool {
     match io_uring::IoUring::new(4) {
         Ok(_) => true,
         Err(e) => {
@@ -30,7 +30,7 @@ fn uring_ok() -> bool {
     }
 }
 
-fn modes() -> Vec<Incremental> {
+pub(super) fn modes() -> Vec<Incremental> {
     let mut m = vec![Incremental::Off, Incremental::Emulated];
     if bufring::Probe::run().is_ok_and(|p| p.incremental) {
         m.push(Incremental::Kernel);
@@ -53,7 +53,7 @@ fn modes_with_bundles() -> Vec<(Incremental, bool)> {
     m
 }
 
-fn config(upstream: SocketAddr, mode: Incremental) -> Config {
+pub(super) fn config(upstream: SocketAddr, mode: Incremental) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         upstream,
@@ -70,7 +70,7 @@ fn config(upstream: SocketAddr, mode: Incremental) -> Config {
     }
 }
 
-fn connect(addr: SocketAddr) -> TcpStream {
+pub(super) fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(T)).unwrap();
     s.set_write_timeout(Some(T)).unwrap();
@@ -80,14 +80,14 @@ fn connect(addr: SocketAddr) -> TcpStream {
 
 /// A test upstream: accepts until stopped (or 60 s), one thread per connection running
 /// `serve`.
-struct Upstream {
-    addr: SocketAddr,
+pub(super) struct Upstream {
+    pub(super) addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Upstream {
-    fn start(serve: impl Fn(TcpStream) + Send + Sync + Clone + 'static) -> Upstream {
+    pub(super) fn start(serve: impl Fn(TcpStream) + Send + Sync + Clone + 'static) -> Upstream {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.set_nonblocking(true).unwrap();
         let addr = l.local_addr().unwrap();
@@ -115,7 +115,7 @@ impl Upstream {
         }
     }
 
-    fn echo() -> Upstream {
+    pub(super) fn echo() -> Upstream {
         Upstream::start(|mut s| {
             let mut buf = vec![0u8; 64 * 1024];
             while let Ok(n) = s.read(&mut buf) {
@@ -138,7 +138,7 @@ impl Drop for Upstream {
 }
 
 /// `len` bytes of a xorshift stream: any loss, duplicate or reordering shows.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
+pub(super) fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
     let mut v = Vec::with_capacity(len + 8);
     while v.len() < len {
@@ -152,7 +152,7 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// Writes `data` in pieces of varying size, then shuts the write side.
-fn send_all(mut s: TcpStream, data: &[u8]) {
+pub(super) fn send_all(mut s: TcpStream, data: &[u8]) {
     let mut off = 0;
     let mut k = 1usize;
     while off < data.len() {
@@ -165,14 +165,14 @@ fn send_all(mut s: TcpStream, data: &[u8]) {
 }
 
 /// Reads to end of stream (bounded by the socket's read timeout).
-fn read_all(s: &mut TcpStream) -> Vec<u8> {
+pub(super) fn read_all(s: &mut TcpStream) -> Vec<u8> {
     let mut v = Vec::new();
     s.read_to_end(&mut v).expect("read to end");
     v
 }
 
 /// A small receive buffer (no autotuning), so a reader that does not read fills up quickly.
-fn set_rcvbuf(s: &TcpStream, bytes: libc::c_int) {
+pub(super) fn set_rcvbuf(s: &TcpStream, bytes: libc::c_int) {
     use std::os::fd::AsRawFd;
     // SAFETY: `bytes` lives across the call; its size is passed.
     let r = unsafe {
@@ -189,7 +189,7 @@ fn set_rcvbuf(s: &TcpStream, bytes: libc::c_int) {
 
 /// Joins the client threads; if they are not done in 15 s, the proxy prints every
 /// connection's state before the test fails.
-fn join_or_dump(proxy: &ProxyHandle, clients: Vec<JoinHandle<()>>) {
+pub(super) fn join_or_dump(proxy: &ProxyHandle, clients: Vec<JoinHandle<()>>) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !clients.iter().all(|c| c.is_finished()) {
         if Instant::now() > deadline {
@@ -205,13 +205,13 @@ fn join_or_dump(proxy: &ProxyHandle, clients: Vec<JoinHandle<()>>) {
     }
 }
 
-fn stop(proxy: ProxyHandle) -> super::ProxyStats {
+pub(super) fn stop(proxy: ProxyHandle) -> super::ProxyStats {
     proxy.shutdown();
     proxy.join(T).expect("proxy stops")
 }
 
 /// Waits until `f` holds (bounded).
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+pub(super) fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + T;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");

@@ -185,7 +185,10 @@ impl Worker {
             Event::Timer { timer } if Some(timer) == self.drain_timer => self.force(),
             Event::AcceptFailed { error, .. } => {
                 self.stats.accept_errors += 1;
-                eprintln!("bufring proxy: thread {}: accepting failed: {error}", self.id);
+                eprintln!(
+                    "bufring proxy: thread {}: accepting failed: {error}",
+                    self.id
+                );
             }
             Event::Woken => self.check_control(),
             _ => {}
@@ -356,7 +359,10 @@ impl Worker {
     }
 
     fn closed(&mut self, s: SocketId) {
-        let Some(side) = self.sides.get_mut(s.slot()).and_then(|x| x.take_if(|x| x.id == s))
+        let Some(side) = self
+            .sides
+            .get_mut(s.slot())
+            .and_then(|x| x.take_if(|x| x.id == s))
         else {
             return;
         };

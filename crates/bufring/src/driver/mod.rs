@@ -480,8 +480,9 @@ impl Driver {
             .ok_or(Error::NotOpen { what: "socket" })
     }
 
-    /// Reports [`Event::Idle`] when no data moved on `s` (nothing received, nothing sent) for
-    /// `timeout`; `None` turns it off. Checked about every `timeout / 4` (at least every 10 ms).
+    /// Reports [`Event::Idle`] when no data moved on `s` (nothing received, nothing sent, and
+    /// the kernel's send queue did not shrink: a peer slowly reading what was sent is not idle)
+    /// for `timeout`; `None` turns it off. Checked about every `timeout / 4` (at least every 10 ms).
     pub fn set_idle_timeout(&mut self, s: SocketId, timeout: Option<Duration>) -> Result<()> {
         let idx = self.live(s)?;
         let now = Instant::now();

@@ -88,6 +88,8 @@ pub(super) struct Socket {
     pub(super) active: Instant,
     /// An `Idle` event was sent and no data moved since.
     pub(super) idle_signalled: bool,
+    /// The kernel's send queue at the last idle check (`usize::MAX` after a send completed).
+    pub(super) idle_outq: usize,
 }
 
 impl Socket {
@@ -120,6 +122,7 @@ impl Socket {
             idle_timeout: None,
             active: now,
             idle_signalled: false,
+            idle_outq: usize::MAX,
         }
     }
 
