@@ -371,6 +371,7 @@ impl ProxyStats {
             d.connect_timeouts += e.connect_timeouts;
             d.idle_timeouts += e.idle_timeouts;
             d.target_changes += e.target_changes;
+            d.enters += e.enters;
         }
         t
     }
@@ -386,7 +387,7 @@ impl fmt::Display for ThreadStats {
              client->upstream {}, upstream->client {}; pool {} buffers, {} posted target, {} in \
              use now, peak {} in use, ENOBUFS {} ({} re-arms), {} bundles; backpressure pauses \
              {}, quota pauses {}, peak unsent {} bytes; spilled {} chunks ({} bytes); accept \
-             pauses {}",
+             pauses {}; {} completions, {} enters",
             self.accepted,
             self.active,
             self.closed,
@@ -411,6 +412,8 @@ impl fmt::Display for ThreadStats {
             d.spilled_chunks,
             d.spilled_bytes,
             d.accept_pauses,
+            d.completions,
+            d.enters,
         )
     }
 }

@@ -251,6 +251,9 @@ pub struct DriverStats {
     pub idle_timeouts: u64,
     /// Changes of a pool's posted target by elastic posting.
     pub target_changes: u64,
+    /// Calls that submitted or waited (`io_uring_enter`, at most one each: the io-uring crate
+    /// skips the system call when there is nothing to submit and nothing to wait for).
+    pub enters: u64,
 }
 
 /// Wakes a driver from any thread ([`Event::Woken`]). Cheap to clone.

@@ -138,6 +138,7 @@ impl Driver {
             return Err(Error::kernel("io_uring_enter", e));
         }
         self.flush_backlog();
+        self.stats.enters += 1;
         let want = usize::from(wait != Some(Duration::ZERO));
         let r = match wait {
             Some(t) if want == 1 => {
@@ -177,6 +178,7 @@ impl Driver {
                 if unsafe { self.ring.submission().push(&e) }.is_ok() {
                     return;
                 }
+                self.stats.enters += 1;
                 match self.ring.submit() {
                     Ok(_) => {}
                     Err(err) if err.raw_os_error() == Some(libc::EINTR) => {}
@@ -195,6 +197,7 @@ impl Driver {
         while let Some(e) = self.backlog.front() {
             // SAFETY: the entry was vouched for when it was pushed (see `push`).
             if unsafe { self.ring.submission().push(e) }.is_err() {
+                self.stats.enters += 1;
                 if self.ring.submit().is_err() {
                     return;
                 }
