@@ -387,7 +387,7 @@ impl fmt::Display for ThreadStats {
              client->upstream {}, upstream->client {}; pool {} buffers, {} posted target, {} in \
              use now, peak {} in use, ENOBUFS {} ({} re-arms), {} bundles; backpressure pauses \
              {}, quota pauses {}, peak unsent {} bytes; spilled {} chunks ({} bytes); accept \
-             pauses {}; {} completions, {} enters",
+             pauses {}; {} receive completions, {} completions in all, {} enters",
             self.accepted,
             self.active,
             self.closed,
@@ -412,6 +412,7 @@ impl fmt::Display for ThreadStats {
             d.spilled_chunks,
             d.spilled_bytes,
             d.accept_pauses,
+            self.pool.completions,
             d.completions,
             d.enters,
         )
