@@ -422,9 +422,15 @@ fn flags_are_checked() {
         let e = with(extra).expect_err(&format!("{extra:?} accepted"));
         assert!(e.contains(names), "{extra:?}: {e}");
     }
-    // A name resolves.
-    let cfg = with(&["--upstream", "localhost:8080"]).unwrap();
-    assert!(cfg.upstream.ip().is_loopback() && cfg.upstream.port() == 8080);
+    // A name resolves (where this machine can resolve "localhost": the kernel matrix's
+    // guests have no /etc/hosts).
+    use std::net::ToSocketAddrs;
+    if ("localhost", 80).to_socket_addrs().is_ok() {
+        let cfg = with(&["--upstream", "localhost:8080"]).unwrap();
+        assert!(cfg.upstream.ip().is_loopback() && cfg.upstream.port() == 8080);
+    } else {
+        eprintln!("SKIPPED: the name check (\"localhost\" does not resolve here)");
+    }
     // 0 turns a timeout off.
     let cfg = with(&["--idle-timeout", "0", "--connect-timeout", "0"]).unwrap();
     assert_eq!((cfg.idle_timeout, cfg.connect_timeout), (None, None));

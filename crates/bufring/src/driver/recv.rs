@@ -70,7 +70,6 @@ impl Driver {
         if let Some(c) = sock.rx.pop_front() {
             sock.rx_bytes -= c.len();
             if sock.rx.is_empty() {
-                sock.throttled = false;
                 if sock.end.is_none() {
                     sock.signalled = false;
                 }
@@ -136,6 +135,8 @@ impl Driver {
         // Bundles where the pool was built for them: one completion may bring several buffers.
         let bundles = p.bundles_declared();
         let (e, multishot, limited) = match (!multishot || (throttled && !limit), limit) {
+            // One buffer at most: a bundle takes whatever the socket holds.
+            (true, _) if throttled => (p.recv(fd), false, false),
             (true, _) if bundles => (p.recv_bundle(fd), false, false),
             (true, _) => (p.recv(fd), false, false),
             (false, true) if bundles => (p.recv_multishot_bundle_limit(fd, room), true, true),

@@ -60,8 +60,9 @@ pub(super) struct Socket {
     pub(super) tx_bytes: usize,
     pub(super) sending: usize,
     pub(super) batch: Option<Box<Batch>>,
-    /// Went over its quota where the kernel has no receive limit: single-shot receives (one
-    /// buffer at most each) until the queue has been read empty.
+    /// Went over its quota where the kernel has no receive limit: from then on single-shot
+    /// receives of one buffer at most (a multishot receive on 6.1 drains the socket's whole
+    /// receive queue in one wake-up, before any cancel can land).
     pub(super) throttled: bool,
     /// Its in-flight send was cancelled so that its chunks can move to the heap.
     pub(super) spill_cancel: bool,
