@@ -49,6 +49,36 @@ fn set_linger_zero(s: &TcpStream) {
     assert_eq!(r, 0);
 }
 
+/// Sends `request` through the proxy at `addr` and expects a reset after a timeout of 300 ms
+/// (not before 250 ms, well before 5 s).
+fn reset_after_the_timeout(addr: SocketAddr, request: &[u8]) {
+    let started = Instant::now();
+    let mut c = connect(addr);
+    c.write_all(request).unwrap();
+    let e = read_until_end(&mut c).unwrap_err();
+    let after = started.elapsed();
+    assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
+    assert!(
+        after >= Duration::from_millis(250) && after < Duration::from_secs(5),
+        "{after:?}"
+    );
+}
+
+/// `addr` as the kernel reads it (IPv4 only: the tests here use 127.0.0.1).
+fn sockaddr_v4(addr: SocketAddr) -> libc::sockaddr_in {
+    let SocketAddr::V4(a) = addr else {
+        panic!("{addr} is not IPv4")
+    };
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
 /// An upstream that drops SYNs: a listener with a backlog of 0, filled by connections nobody
 /// accepts. A connect to it neither succeeds nor fails until the SYN retries give up (minutes).
 /// Returns what must stay open, and the address.
@@ -67,17 +97,7 @@ fn blackhole() -> (Vec<OwnedFd>, SocketAddr) {
                 0,
             ))
         };
-        let SocketAddr::V4(a) = addr else {
-            unreachable!()
-        };
-        let sa = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: a.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(a.ip().octets()),
-            },
-            sin_zero: [0; 8],
-        };
+        let sa = sockaddr_v4(addr);
         // SAFETY: a live sockaddr_in of the size given.
         unsafe {
             libc::connect(
@@ -103,16 +123,7 @@ fn blackholed_upstream_times_out_and_resets_the_client() {
     let mut cfg = config(addr, Incremental::Auto);
     cfg.connect_timeout = Some(Duration::from_millis(300));
     let proxy = Proxy::start(cfg).unwrap();
-    let started = Instant::now();
-    let mut c = connect(proxy.local_addr());
-    c.write_all(b"anyone there?").unwrap();
-    let e = read_until_end(&mut c).unwrap_err();
-    let after = started.elapsed();
-    assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
-    assert!(
-        after >= Duration::from_millis(250) && after < Duration::from_secs(5),
-        "{after:?}"
-    );
+    reset_after_the_timeout(proxy.local_addr(), b"anyone there?");
     eventually("pair gone", || {
         let t = proxy.stats().total();
         t.active == 0 && t.closed == 1
@@ -131,29 +142,12 @@ fn silent_upstream_is_reset_after_the_idle_timeout_busy_pairs_are_not() {
     let (tx, rx) = mpsc::channel();
     let silent = Upstream::start(move |mut s| {
         // Never answers; reports how its side ended (bounded by the read timeout, 20 s).
-        let mut b = [0u8; 1024];
-        let end = loop {
-            match s.read(&mut b) {
-                Ok(0) => break Ok(()),
-                Ok(_) => {}
-                Err(e) => break Err(e.kind()),
-            }
-        };
-        let _ = tx.send(end);
+        let _ = tx.send(read_until_end(&mut s).map_err(|e| e.kind()));
     });
     let mut cfg = config(silent.addr, Incremental::Auto);
     cfg.idle_timeout = Some(Duration::from_millis(300));
     let proxy = Proxy::start(cfg).unwrap();
-    let started = Instant::now();
-    let mut c = connect(proxy.local_addr());
-    c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-    let e = read_until_end(&mut c).unwrap_err();
-    let after = started.elapsed();
-    assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
-    assert!(
-        after >= Duration::from_millis(250) && after < Duration::from_secs(5),
-        "{after:?}"
-    );
+    reset_after_the_timeout(proxy.local_addr(), b"GET / HTTP/1.0\r\n\r\n");
     // The upstream's side was reset too, not closed as if the client had finished.
     assert_eq!(rx.recv_timeout(T).unwrap(), Err(ErrorKind::ConnectionReset));
     eventually("pair gone", || proxy.stats().total().active == 0);
@@ -275,9 +269,6 @@ fn forced_close_resets_both_sides() {
 /// A client whose receive buffer is `rcvbuf` bytes from the start (set before connecting, so
 /// the window it offers stays small: a slow reader).
 fn small_window_client(addr: SocketAddr, rcvbuf: libc::c_int) -> TcpStream {
-    let SocketAddr::V4(a) = addr else {
-        unreachable!()
-    };
     // SAFETY: a fresh socket, owned at once by the stream.
     let s = unsafe {
         TcpStream::from_raw_fd(libc::socket(
@@ -287,14 +278,7 @@ fn small_window_client(addr: SocketAddr, rcvbuf: libc::c_int) -> TcpStream {
         ))
     };
     set_rcvbuf(&s, rcvbuf);
-    let sa = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(a.ip().octets()),
-        },
-        sin_zero: [0; 8],
-    };
+    let sa = sockaddr_v4(addr);
     // SAFETY: a live sockaddr_in of the size given.
     let r = unsafe {
         libc::connect(
