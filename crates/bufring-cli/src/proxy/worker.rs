@@ -4,9 +4,11 @@
 //! its upstream socket; each event names one socket, and its side says which pair and peer.
 //!
 //! Forwarding moves chunks from a socket's receive queue to its peer's send queue, no copy,
-//! while the peer has fewer than `max_unsent` bytes unsent. Past that, chunks wait in the
+//! while the peer has less unsent than its room: the receive quota (the socket's fair share of
+//! the pool, see the driver's docs), at most `max_unsent`. Past that, chunks wait in the
 //! receive queue, and the driver stops the receive at its quota; [`Event::Sent`] on the peer
-//! starts forwarding again. So each direction holds at most `max_unsent` + the quota.
+//! starts forwarding again. So each direction holds at most twice the quota: with a few
+//! connections, multi-megabyte batches; with many backed up, a slice of the pool each.
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
@@ -45,6 +47,7 @@ pub struct Worker {
     live: usize,
     max_connections: usize,
     max_unsent: usize,
+    buf_size: usize,
     connect_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
     drain_timeout: Duration,
@@ -115,6 +118,7 @@ impl Worker {
             live: 0,
             max_connections: cfg.max_connections,
             max_unsent: cfg.max_unsent,
+            buf_size: cfg.buf_size as usize,
             connect_timeout: cfg.connect_timeout,
             idle_timeout: cfg.idle_timeout,
             drain_timeout: cfg.drain_timeout,
@@ -287,12 +291,19 @@ impl Worker {
         let Ok(mut unsent) = self.driver.unsent(dst) else {
             return;
         };
+        // A fair share, like the receive quota: a few busy pairs get room for big batches,
+        // many backed-up ones (slow readers) a slice of the pool each.
+        let room = self
+            .driver
+            .recv_quota(self.pool)
+            .map_or(self.max_unsent, |q| q.min(self.max_unsent))
+            .max(self.buf_size);
         let mut batch = std::mem::take(&mut self.batch);
         let mut end = None;
         loop {
             match self.driver.peek_len(src) {
                 Ok(Some(len)) => {
-                    if unsent + len > self.max_unsent && unsent > 0 {
+                    if unsent + len > room && unsent > 0 {
                         // Full: the rest waits in the receive queue until `Sent` on `dst`.
                         self.stats.backpressure_pauses += 1;
                         break;

@@ -102,6 +102,16 @@ impl Driver {
         Ok(self.sock(s)?.rx_bytes)
     }
 
+    /// The receive quota of a socket of `pool` right now: its fair share of the pool's bytes
+    /// (`pool bytes / receivers`) within [`DriverBuilder::recv_quota`]'s bounds. An application
+    /// that queues data of its own per socket (a proxy's send queues) can hold itself to it too.
+    pub fn recv_quota(&self, pool: PoolId) -> Result<usize> {
+        if pool.0 >= self.pools.len() {
+            return Err(Error::NotOpen { what: "pool" });
+        }
+        Ok(self.quota(pool.0))
+    }
+
     pub(super) fn quota(&self, pool: usize) -> usize {
         let p = &self.pools[pool];
         let bytes = u64::from(p.pool.count()) * u64::from(p.pool.buf_len());
