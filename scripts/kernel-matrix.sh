@@ -189,6 +189,8 @@ static_cargo test --no-run -p bufring --tests --features model >"$WORK/tests.jso
 # The tokio integration's tests, staged as tokio_<name> (its `echo` would meet the example's).
 static_cargo test --no-run -p bufring-tokio --tests >"$WORK/tokio-tests.json"
 static_cargo build -p bufring-cli --bin bufring >"$WORK/cli.json"
+# The proxy's tests (the CLI's unit tests), staged as proxy_unit.
+static_cargo test --no-run -p bufring-cli --bin bufring >"$WORK/cli-tests.json"
 EXAMPLES=()
 if [ -d crates/bufring/examples ]; then
     static_cargo build -p bufring --examples >"$WORK/examples.json"
@@ -204,6 +206,10 @@ while read -r name path; do
     cp "$path" "$WORK/stage/tokio_$name"
     TESTS+=("tokio_$name")
 done < <(executables "$WORK/tokio-tests.json" test | sort)
+while read -r _ path; do
+    cp "$path" "$WORK/stage/proxy_unit"
+    TESTS+=("proxy_unit")
+done < <(executables "$WORK/cli-tests.json" bin)
 read -r _ cli < <(executables "$WORK/cli.json" bin)
 cp "$cli" "$WORK/stage/bufring"
 if [ -f "$WORK/examples.json" ]; then

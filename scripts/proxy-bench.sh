@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Proxy benchmark (outside CI): wrk -> nginx and iperf2 streams, each measured directly, through
-# `bufring proxy` and through the tokio copy_bidirectional baseline (`bufring proxy-tokio`),
-# all on loopback in one run. Then the RSS of each proxy holding 10,000 idle connections.
+# Proxy benchmark (outside CI), all on loopback in one run: wrk -> nginx (1 KiB and 64 KiB
+# responses) and iperf2 streams (1 and 4), each measured directly, through `bufring proxy`,
+# through the tokio copy_bidirectional baseline (`bufring proxy-tokio`) and through liburing's
+# examples/proxy.c when it can be built; then each proxy's peak RSS under that load, its RSS
+# holding 10,000 idle connections, and normal clients' throughput beside 800 slow readers.
 #
-#   scripts/proxy-bench.sh                    # about 8 minutes
-#   DUR=3 ROUNDS=1 IDLE=2000 scripts/proxy-bench.sh
+#   scripts/proxy-bench.sh                    # about 15 minutes
+#   DUR=3 ROUNDS=1 IDLE=2000 SLOW=200 scripts/proxy-bench.sh
+#   PROXY_C=/path/to/proxy scripts/proxy-bench.sh   # a proxy.c built elsewhere
 #
 # The targets are measured in turn, ROUNDS times over, and the median of each is reported, so
 # that load from other work on the machine spreads over all of them alike.
+#
+# proxy.c comes with liburing's source, not with its -dev package: the script downloads the
+# source of the Debian package (liburing 2.9, from deb.debian.org's pool; bookworm's 2.3 has
+# no proxy.c), builds it and links proxy.c against it. Without network or a compiler, the
+# proxy.c rows are left out.
 #
 # Installs nginx, wrk and iperf (iperf2) from the distribution's packages if missing. Every
 # load has a fixed duration; everything started here is stopped on exit.
@@ -18,7 +26,8 @@ DUR=${DUR:-5}           # seconds per wrk / iperf run
 ROUNDS=${ROUNDS:-3}     # measurements per target (median reported)
 CONNS=${CONNS:-64}      # wrk connections
 IDLE=${IDLE:-10000}     # idle connections for the RSS measurement (capped by the fd limit)
-BASE=${BASE:-18000}     # ports BASE..BASE+40 on 127.0.0.1
+SLOW=${SLOW:-800}       # slow readers beside 40 normal clients
+BASE=${BASE:-18000}     # ports BASE..BASE+60 on 127.0.0.1
 
 need=()
 command -v nginx >/dev/null || need+=(nginx)
@@ -30,6 +39,7 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "== building"
 cargo build --release -q -p bufring-cli --features proxy-tokio
 BIN=$PWD/target/release/bufring
@@ -47,6 +57,7 @@ chmod 755 "$WORK"   # nginx's workers (www-data) read the file below
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    pkill -f "iperf -s -p ${IPERF:-none}" 2>/dev/null || true
     sleep 0.3
     for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     rm -rf "$WORK"
@@ -65,6 +76,8 @@ wait_port() { # port: wait up to 5 s for a listener
 NGINX=$BASE; IPERF=$((BASE + 1))
 mkdir -p "$WORK/www" "$WORK/tmp"
 head -c 1024 /dev/urandom >"$WORK/www/1k.bin"
+head -c 65536 /dev/urandom >"$WORK/www/64k.bin"
+head -c 4194304 /dev/urandom >"$WORK/www/4m.bin"
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes 2;
 daemon off;
@@ -80,29 +93,68 @@ http {
 }
 EOF
 nginx -c "$WORK/nginx.conf" -e "$WORK/nginx.err" & PIDS+=($!)
-iperf -s -p "$IPERF" >/dev/null 2>&1 & PIDS+=($!)
+# iperf2's server has crashed when a client's connection was cut: restarted (at most 20 times).
+(for _ in $(seq 20); do iperf -s -p "$IPERF" >/dev/null 2>&1 || true; done) & PIDS+=($!)
 wait_port "$NGINX"; wait_port "$IPERF"
+
+# ---- proxy.c ------------------------------------------------------------------------------
+PROXYC=${PROXY_C:-}
+if [ -z "$PROXYC" ]; then
+    v=2.9
+    if curl -fsS -m 60 -o "$WORK/liburing.tgz" \
+        "http://deb.debian.org/debian/pool/main/libu/liburing/liburing_$v.orig.tar.gz" \
+        && tar xzf "$WORK/liburing.tgz" -C "$WORK" \
+        && (cd "$WORK/liburing-$v" && ./configure >/dev/null && make -s -C src -j2 >/dev/null 2>&1) \
+        && gcc -O2 -D_GNU_SOURCE -I"$WORK/liburing-$v/src/include" -o "$WORK/proxy_c" \
+            "$WORK/liburing-$v/examples/proxy.c" "$WORK/liburing-$v/examples/helpers.c" \
+            "$WORK/liburing-$v/src/liburing.a" -lpthread; then
+        PROXYC=$WORK/proxy_c
+        echo "== proxy.c: built from liburing $v"
+    else
+        echo "== proxy.c: could not be built; its rows are left out"
+    fi
+fi
 
 # ---- the proxies ------------------------------------------------------------------------
 # name port command...: each proxy gets a port in front of nginx and one in front of iperf.
-declare -A HTTP_PORT IPERF_PORT HTTP_PID
+declare -A HTTP_PORT IPERF_PORT HTTP_PID IPERF_PID
 start_proxy() {
     local name=$1 p=$2; shift 2
     "$@" --listen 127.0.0.1:$p --upstream 127.0.0.1:$NGINX 2>"$WORK/$name.http.err" & PIDS+=($!)
     HTTP_PID[$name]=$!
     "$@" --listen 127.0.0.1:$((p + 1)) --upstream 127.0.0.1:$IPERF 2>"$WORK/$name.iperf.err" & PIDS+=($!)
+    IPERF_PID[$name]=$!
     wait_port "$p"; wait_port $((p + 1))
     HTTP_PORT[$name]=$p; IPERF_PORT[$name]=$((p + 1))
 }
-start_proxy bufring-inc $((BASE + 10)) "$BIN" proxy --incremental on
+# proxy.c: one thread, multishot receives, DEFER_TASKRUN, fixed files; 1024 provided buffers
+# of 64 KiB like bufring's default pool. Both directions (-B1) for HTTP; one (-B0) for iperf,
+# which only sends (with -B1 its send-bundle mode aborts under iperf).
+start_proxyc() {
+    local name=$1 p=$2; shift 2
+    "$PROXYC" -m1 -d1 -B1 -b65536 -n1024 "$@" -H 127.0.0.1 -r $p -p $NGINX >"$WORK/$name.http.err" 2>&1 & PIDS+=($!)
+    HTTP_PID[$name]=$!
+    "$PROXYC" -m1 -d1 -B0 -b65536 -n1024 "$@" -H 127.0.0.1 -r $((p + 1)) -p $IPERF >"$WORK/$name.iperf.err" 2>&1 & PIDS+=($!)
+    IPERF_PID[$name]=$!
+    wait_port "$p"; wait_port $((p + 1))
+    HTTP_PORT[$name]=$p; IPERF_PORT[$name]=$((p + 1))
+}
+start_proxy bufring $((BASE + 10)) "$BIN" proxy
 start_proxy bufring-classic $((BASE + 12)) "$BIN" proxy --incremental off
-start_proxy tokio-64k $((BASE + 14)) "$BIN" proxy-tokio --buf-size 65536
-start_proxy tokio-8k $((BASE + 16)) "$BIN" proxy-tokio --buf-size 8192
-# One worker thread each: wrk, nginx and iperf compete for the same two cores.
-start_proxy bufring-inc-1t $((BASE + 18)) "$BIN" proxy --incremental on --threads 1
-start_proxy tokio-64k-1t $((BASE + 20)) "$BIN" proxy-tokio --buf-size 65536 --threads 1
+start_proxy bufring-256k $((BASE + 14)) "$BIN" proxy --max-unsent 262144
+start_proxy tokio-64k $((BASE + 16)) "$BIN" proxy-tokio --buf-size 65536
+start_proxy tokio-8k $((BASE + 18)) "$BIN" proxy-tokio --buf-size 8192
+# One worker thread each: wrk, nginx and iperf compete for the same two cores; proxy.c has one.
+start_proxy bufring-1t $((BASE + 20)) "$BIN" proxy --threads 1
+start_proxy tokio-64k-1t $((BASE + 22)) "$BIN" proxy-tokio --buf-size 65536 --threads 1
+TARGETS=(direct bufring bufring-classic bufring-256k tokio-64k tokio-8k bufring-1t tokio-64k-1t)
+if [ -n "$PROXYC" ]; then
+    start_proxyc proxy.c-1t $((BASE + 24))
+    # Receive bundles, and sends from provided buffers as bundles: its fastest bulk mode.
+    start_proxyc proxy.c-bundles-1t $((BASE + 26)) -c1 -u1 -C1
+    TARGETS+=(proxy.c-1t proxy.c-bundles-1t)
+fi
 HTTP_PORT[direct]=$NGINX; IPERF_PORT[direct]=$IPERF
-TARGETS=(direct bufring-inc bufring-classic tokio-64k tokio-8k bufring-inc-1t tokio-64k-1t)
 
 # ---- wrk ----------------------------------------------------------------------------------
 declare -A RPS P50 P99 GB1 GB4
@@ -116,12 +168,14 @@ median() { python3 -c "import sys,statistics; v=[float(x) for x in sys.argv[1:] 
 # CPU time (user + system) a process has used, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 declare -A RPS_ALL P50_ALL P99_ALL CPU_ALL CPU
-echo "== wrk -t2 -c$CONNS -d${DUR}s, 1 KiB file, $ROUNDS round(s)"
+for size in 1k 64k; do
+echo "== wrk -t2 -c$CONNS -d${DUR}s, $size file, $ROUNDS round(s)"
 for r in $(seq "$ROUNDS"); do
     for t in "${TARGETS[@]}"; do
+        k=$t/$size
         pid=${HTTP_PID[$t]:-}
         [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
-        out=$(wrk -t2 -c"$CONNS" -d"${DUR}s" --latency "http://127.0.0.1:${HTTP_PORT[$t]}/1k.bin")
+        out=$(wrk -t2 -c"$CONNS" -d"${DUR}s" --latency "http://127.0.0.1:${HTTP_PORT[$t]}/$size.bin")
         us=""
         if [ -n "$pid" ]; then
             # The proxy's CPU per request: steadier than req/s when other work shares the cores.
@@ -134,14 +188,22 @@ for r in $(seq "$ROUNDS"); do
         rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
         p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")
         p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
-        RPS_ALL[$t]+=" $rps"; P50_ALL[$t]+=" $p50"; P99_ALL[$t]+=" $p99"; CPU_ALL[$t]+=" $us"
-        printf "  round %d %-16s %10s req/s  p50 %7s ms  p99 %7s ms  proxy CPU %6s us/request\n" \
+        RPS_ALL[$k]+=" $rps"; P50_ALL[$k]+=" $p50"; P99_ALL[$k]+=" $p99"; CPU_ALL[$k]+=" $us"
+        printf "  round %d %-20s %10s req/s  p50 %7s ms  p99 %7s ms  proxy CPU %6s us/request\n" \
             "$r" "$t" "$rps" "$p50" "$p99" "${us:--}"
     done
 done
 for t in "${TARGETS[@]}"; do
-    RPS[$t]=$(median ${RPS_ALL[$t]}); P50[$t]=$(median ${P50_ALL[$t]}); P99[$t]=$(median ${P99_ALL[$t]})
-    CPU[$t]=$(median ${CPU_ALL[$t]:-})
+    k=$t/$size
+    RPS[$k]=$(median ${RPS_ALL[$k]}); P50[$k]=$(median ${P50_ALL[$k]}); P99[$k]=$(median ${P99_ALL[$k]})
+    CPU[$k]=$(median ${CPU_ALL[$k]:-})
+done
+done
+# Peak RSS of each proxy over all the wrk runs (steady load: 64 connections at full speed).
+declare -A HWM
+for t in "${TARGETS[@]}"; do
+    pid=${HTTP_PID[$t]:-}
+    [ -n "$pid" ] && HWM[$t]=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
 done
 
 # ---- iperf --------------------------------------------------------------------------------
@@ -150,7 +212,11 @@ gbits() { # iperf -c output -> Gbit/s of the (sum) line
 import re,sys
 lines=[l for l in sys.stdin.read().splitlines() if 'bits/sec' in l]
 pick=[l for l in lines if 'SUM' in l] or lines
+if not pick:
+    print(''); sys.exit()
 m=re.search(r'([0-9.]+) ([GMK])bits/sec', pick[-1])
+if not m:
+    print(''); sys.exit()
 v=float(m.group(1)); print('%.2f' % (v if m.group(2)=='G' else v/1000 if m.group(2)=='M' else v/1e6))"
 }
 declare -A GB1_ALL GB4_ALL
@@ -166,6 +232,24 @@ done
 for t in "${TARGETS[@]}"; do
     GB1[$t]=$(median ${GB1_ALL[$t]}); GB4[$t]=$(median ${GB4_ALL[$t]})
 done
+# bufring's receive completions and io_uring_enter calls per GB over all its iperf traffic
+# (its statistics on SIGUSR1).
+declare -A PERGB
+for t in "${TARGETS[@]}"; do
+    case $t in bufring*) ;; *) continue ;; esac
+    pid=${IPERF_PID[$t]}
+    kill -USR1 "$pid" 2>/dev/null || continue
+    sleep 0.5
+    PERGB[$t]=$(grep '^total: ' "$WORK/$t.iperf.err" | tail -1 | python3 -c "
+import re,sys
+l=sys.stdin.read()
+up=int(re.search(r'client->upstream (\d+)',l).group(1)); down=int(re.search(r'upstream->client (\d+)',l).group(1))
+recv=int(re.search(r'; (\d+) receive completions',l).group(1)); enters=int(re.search(r'(\d+) enters',l).group(1))
+gb=max(1,up+down)/1e9
+print('%d receive completions/GB, %d io_uring_enter calls/GB' % (recv/gb, enters/gb))")
+    echo "  $t: ${PERGB[$t]}"
+done
+
 
 # ---- RSS with idle connections -------------------------------------------------------------
 # One Python process is both the clients and the upstream: it opens IDLE connections through
@@ -202,9 +286,9 @@ EOF
 echo "== RSS with $IDLE idle connections (kB: before, with the connections; per connection)"
 declare -A RSS
 UP=$((BASE + 30)); PP=$((BASE + 31))
-for t in bufring-inc bufring-classic tokio-8k tokio-64k; do
+for t in bufring bufring-classic tokio-8k tokio-64k; do
     case $t in
-        bufring-inc) cmd=("$BIN" proxy --incremental on) ;;
+        bufring) cmd=("$BIN" proxy) ;;
         bufring-classic) cmd=("$BIN" proxy --incremental off) ;;
         tokio-8k) cmd=("$BIN" proxy-tokio --buf-size 8192) ;;
         tokio-64k) cmd=("$BIN" proxy-tokio --buf-size 65536) ;;
@@ -219,18 +303,57 @@ for t in bufring-inc bufring-classic tokio-8k tokio-64k; do
     UP=$((UP + 2)); PP=$((PP + 2))
 done
 
+# ---- slow readers --------------------------------------------------------------------------
+# SLOW clients each ask nginx for 4 MiB through the proxy and read nothing (a 4 KiB receive
+# buffer); meanwhile wrk's 40 normal clients fetch the 1 KiB file. Their rate is compared with
+# their rate through the same proxy without the slow readers.
+cat >"$WORK/slow.py" <<'EOF'
+import socket, sys, time
+port, n, hold = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+socks = []
+for i in range(n):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"GET /4m.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+    socks.append(s)
+print("ready", flush=True)
+time.sleep(hold)
+for s in socks: s.close()
+EOF
+declare -A SLOW_BASE SLOW_WITH
+echo "== $SLOW slow readers beside wrk -t2 -c40 -d${DUR}s (1 KiB)"
+for t in bufring bufring-1t tokio-64k tokio-64k-1t; do
+    port=${HTTP_PORT[$t]}
+    SLOW_BASE[$t]=$(wrk -t2 -c40 -d"${DUR}s" "http://127.0.0.1:$port/1k.bin" | awk '/Requests\/sec/ {print $2}')
+    coproc SLOWPY { python3 "$WORK/slow.py" "$port" "$SLOW" $((DUR + 5)); }
+    read -r _ <&"${SLOWPY[0]}"
+    sleep 1
+    SLOW_WITH[$t]=$(wrk -t2 -c40 -d"${DUR}s" "http://127.0.0.1:$port/1k.bin" | awk '/Requests\/sec/ {print $2}')
+    rss=$(awk '/VmRSS/ {print $2}' "/proc/${HTTP_PID[$t]}/status")
+    wait "$SLOWPY_PID" 2>/dev/null || true
+    printf "  %-16s without %10s req/s   with %10s req/s   (%s)   proxy RSS with them %7s kB\n" "$t" \
+        "${SLOW_BASE[$t]}" "${SLOW_WITH[$t]}" "$(python3 -c "print('%.2f x' % (float('${SLOW_WITH[$t]}' or 0)/max(1e-9,float('${SLOW_BASE[$t]}' or 0))))")" "$rss"
+done
+
 # ---- summary ----------------------------------------------------------------------------
 ratio() { python3 -c "a,b=float('$1' or 0),float('$2' or 0); print('%.2f' % (a/b) if a and b else 'n/a')"; }
 echo
-echo "== summary: medians of $ROUNDS round(s); ratios to direct and to tokio-64k (tokio-64k-1t for the -1t rows)"
-printf "  %-16s %10s %7s %7s %8s %8s %8s %9s %9s %9s %9s %9s %9s\n" target req/s p50ms p99ms "x tokio" "us/req" "x tokio" "1s Gb/s" "x direct" "x tokio" "4s Gb/s" "x direct" "x tokio"
+echo "== summary: medians of $ROUNDS round(s); x tokio: against tokio-64k (tokio-64k-1t for the -1t rows)"
+printf "  %-20s %9s %7s %7s %8s %7s %9s %7s %7s %8s %7s %8s %8s %9s\n" target "1k req/s" p50ms p99ms "x tokio" "us/req" \
+    "64k req/s" p50ms p99ms "x tokio" "us/req" "1s Gb/s" "4s Gb/s" "peak RSS"
 for t in "${TARGETS[@]}"; do
     base=tokio-64k; [[ $t == *-1t ]] && base=tokio-64k-1t
-    printf "  %-16s %10s %7s %7s %8s %8s %8s %9s %9s %9s %9s %9s %9s\n" "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" \
-        "$(ratio "${RPS[$t]}" "${RPS[$base]}")" "${CPU[$t]:--}" "$(ratio "${CPU[$t]:-}" "${CPU[$base]}")" \
-        "${GB1[$t]}" "$(ratio "${GB1[$t]}" "${GB1[direct]}")" \
-        "$(ratio "${GB1[$t]}" "${GB1[$base]}")" "${GB4[$t]}" "$(ratio "${GB4[$t]}" "${GB4[direct]}")" \
-        "$(ratio "${GB4[$t]}" "${GB4[$base]}")"
+    printf "  %-20s %9s %7s %7s %8s %7s %9s %7s %7s %8s %7s %8s %8s %9s\n" "$t" \
+        "${RPS[$t/1k]}" "${P50[$t/1k]}" "${P99[$t/1k]}" "$(ratio "${RPS[$t/1k]}" "${RPS[$base/1k]}")" "${CPU[$t/1k]:--}" \
+        "${RPS[$t/64k]}" "${P50[$t/64k]}" "${P99[$t/64k]}" "$(ratio "${RPS[$t/64k]}" "${RPS[$base/64k]}")" "${CPU[$t/64k]:--}" \
+        "${GB1[$t]}" "${GB4[$t]}" "${HWM[$t]:--}"
 done
-echo "  RSS with $IDLE idle connections: bufring-inc ${RSS[bufring-inc]} kB, bufring-classic ${RSS[bufring-classic]} kB, tokio-8k ${RSS[tokio-8k]} kB, tokio-64k ${RSS[tokio-64k]} kB"
-echo "  kernel $(uname -r), $(nproc) cores"
+if [ -n "$PROXYC" ]; then
+    best1=$(python3 -c "print(max(float('${GB1[proxy.c-1t]}' or 0), float('${GB1[proxy.c-bundles-1t]}' or 0)))")
+    best4=$(python3 -c "print(max(float('${GB4[proxy.c-1t]}' or 0), float('${GB4[proxy.c-bundles-1t]}' or 0)))")
+    echo "  iperf against proxy.c's best mode (one thread each): bufring-1t $(ratio "${GB1[bufring-1t]}" "$best1") x (1 stream), $(ratio "${GB4[bufring-1t]}" "$best4") x (4 streams); bufring (2 threads) $(ratio "${GB1[bufring]}" "$best1") x, $(ratio "${GB4[bufring]}" "$best4") x"
+fi
+echo "  peak RSS under load: bufring ${HWM[bufring]} kB against tokio-64k ${HWM[tokio-64k]} kB (target <= 1.5 x + 4096 = $(python3 -c "print(int(1.5*${HWM[tokio-64k]:-0}+4096))") kB)"
+echo "  RSS with $IDLE idle connections: bufring ${RSS[bufring]} kB, bufring-classic ${RSS[bufring-classic]} kB, tokio-8k ${RSS[tokio-8k]} kB, tokio-64k ${RSS[tokio-64k]} kB"
+echo "  kernel $(uname -r), $(nproc) cores, load before the run: $LOAD0"

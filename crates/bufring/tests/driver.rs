@@ -852,6 +852,104 @@ fn resets_surface_and_are_sent() {
     assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::ConnectionReset);
 }
 
+/// Proves a reset reaches the application at once as `Event::Failed` while nobody reads and
+/// the socket's receive is stopped at its quota (no receive in flight to notice it: the
+/// driver's error watch does), and that the data queued before it is still read first.
+#[test]
+fn a_reset_while_the_receive_is_stopped_is_reported_at_once() {
+    let Some(mut d) = driver(Driver::builder().recv_quota(64 * 1024, 64 * 1024)) else {
+        return;
+    };
+    let pool = d
+        .add_pool(Pool::builder(0).count(64).buf_len(16 * 1024))
+        .unwrap();
+    let (a, b) = common::tcp_pair();
+    let s = d.socket(a);
+    d.recv(s, pool).unwrap();
+    // More than the quota: the receive stops with data left in the kernel's socket buffer.
+    let data = vec![7u8; 256 * 1024];
+    let w = b.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let _ = (&w).write_all(&data);
+    });
+    wait_queued(&mut d, s, 64 * 1024);
+    // Let the receive's last completions in: it ends at the quota (the kernel's byte limit,
+    // or a cancel).
+    for _ in 0..10 {
+        d.run_once(Some(Duration::from_millis(10))).unwrap();
+    }
+    while d.next_event().is_some() {}
+    set_linger_zero(&b);
+    // The writer may still be blocked in write_all: the reset ends it with an error.
+    // SAFETY: shutdown(2) on a live fd has no memory-safety preconditions.
+    unsafe { libc::shutdown(b.as_raw_fd(), libc::SHUT_RDWR) };
+    drop(b);
+    writer.join().unwrap();
+    let failed = std::cell::RefCell::new(None);
+    run_until(
+        &mut d,
+        Duration::from_secs(5),
+        |_, ev| {
+            if let Event::Failed { socket, error } = ev {
+                assert_eq!(socket, s);
+                *failed.borrow_mut() = Some(error);
+            }
+        },
+        |_| failed.borrow().is_some(),
+    );
+    let err = failed.into_inner().unwrap();
+    assert!(
+        matches!(
+            err.raw_os_error(),
+            Some(libc::ECONNRESET) | Some(libc::EPIPE)
+        ),
+        "{err}"
+    );
+    // Nothing was read yet: the queued data comes first, then the error.
+    let mut bytes = 0;
+    let last = loop {
+        match d.read(s).unwrap() {
+            Some(Received::Data(c)) => bytes += c.len(),
+            other => break other,
+        }
+    };
+    assert!(bytes >= 64 * 1024, "{bytes} bytes queued before the error");
+    assert!(matches!(last, Some(Received::Error(_))), "{last:?}");
+    assert_eq!(d.read(s).unwrap().map(|_| ()), None);
+}
+
+/// Proves a socket connected with a connect timeout frees and reports `Closed` when closed:
+/// the linked timeout's completion does not hold the socket (it did once: the socket never
+/// freed, and a proxy's drain never ended).
+#[test]
+fn a_socket_connected_within_its_timeout_closes() {
+    let Some(mut d) = driver(Driver::builder()) else {
+        return;
+    };
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let s = d
+        .connect(l.local_addr().unwrap(), Some(Duration::from_secs(5)))
+        .unwrap();
+    let (connected, closed) = (Cell::new(false), Cell::new(false));
+    run_until(
+        &mut d,
+        Duration::from_secs(5),
+        |d, ev| match ev {
+            Event::Connected { socket, result } => {
+                assert_eq!(socket, s);
+                result.unwrap();
+                connected.set(true);
+                d.close(s).unwrap();
+            }
+            Event::Closed { socket } if socket == s => closed.set(true),
+            _ => {}
+        },
+        |_| closed.get(),
+    );
+    assert!(connected.get());
+    assert_eq!(d.stats().sockets, 0);
+}
+
 fn set_linger_zero(s: &TcpStream) {
     let l = libc::linger {
         l_onoff: 1,

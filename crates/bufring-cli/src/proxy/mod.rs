@@ -1,67 +1,86 @@
-//! `bufring proxy`: a TCP proxy on provided buffers. One io_uring, one [`bufring::Pool`] and
-//! one SO_REUSEPORT listener per thread; multishot receives on both sides of every connection
-//! take a buffer only when data arrives, and each piece is sent on straight from its chunk.
+//! `bufring proxy`: a TCP proxy on provided buffers, built on [`bufring::driver`]. One driver
+//! (one io_uring, one pool) and one SO_REUSEPORT listener per thread; both sockets of every
+//! pair receive into the pool only when data arrives, and each piece is sent on straight from
+//! its chunk. The connection logic is `worker.rs`: the template for a server of your own.
+//!
+//! Against broken or hostile peers: connects time out, pairs where nothing moved for the idle
+//! timeout are closed, a reset on one side resets the other (also while its receive is paused),
+//! forced closes send resets (SO_LINGER 0) so nobody takes a cut stream for a whole one, slow
+//! readers get their fair share of the pool and no more (the driver's quotas and spills), and
+//! running out of file descriptors pauses accepting instead of spinning.
 //!
 //! [`Proxy::start`] runs the proxy in the calling process (tests use it); [`run`] is the
-//! command: it adds signals (SIGINT/SIGTERM drain and exit, SIGUSR1 prints statistics).
+//! command: it adds signals (SIGINT/SIGTERM/SIGHUP drain and exit, a second one closes
+//! everything at once, SIGUSR1 prints statistics).
 
-mod conn;
 mod net;
 mod worker;
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bufring::driver::{DriverStats, DriverWaker};
 use bufring::{Incremental, PoolStats};
 
 /// Options of `bufring proxy`.
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Address to accept clients on (e.g. 127.0.0.1:8080).
+    /// Address to accept clients on (e.g. 127.0.0.1:8080 or localhost:8080).
     #[arg(long)]
-    listen: SocketAddr,
-    /// Address to forward every connection to.
+    listen: String,
+    /// Address to forward every connection to (host:port; a name is resolved once, at start).
     #[arg(long)]
-    upstream: SocketAddr,
-    /// Worker threads, each with its own io_uring and pool (default: one per core).
+    upstream: String,
+    /// Worker threads, each with its own io_uring and pool (default: one per core; at most
+    /// four per core).
     #[arg(long)]
     threads: Option<usize>,
     /// Incremental consumption: `auto` uses it when the kernel has it.
     #[arg(long, value_enum, default_value_t = IncrementalArg::Auto)]
     incremental: IncrementalArg,
-    /// Receive with multishot bundle receives: one completion hands over every buffer the
-    /// data filled (an error on kernels without bundles).
-    #[arg(long)]
-    bundles: bool,
+    /// Multishot bundle receives (one completion hands over every buffer the data filled):
+    /// `auto` uses them when the kernel has them (and, with kernel incremental consumption,
+    /// bundles on incremental rings).
+    #[arg(long, value_enum, default_value_t = Switch::Auto)]
+    bundles: Switch,
     /// Bytes per buffer.
     #[arg(long, default_value_t = 64 * 1024)]
     buf_size: u32,
-    /// Buffers per thread.
+    /// Buffers per thread (posted to the kernel as traffic needs them).
     #[arg(long, default_value_t = 1024)]
     buffers: u32,
     /// Connections open at once (all threads); more are closed as soon as accepted.
     #[arg(long, default_value_t = 100_000)]
     max_connections: usize,
-    /// Unsent bytes queued per direction before that direction's receive pauses.
-    #[arg(long, default_value_t = 256 * 1024)]
+    /// Unsent bytes queued per direction; past it, data waits in the receive queue (whose
+    /// quota then stops the receive). At least --buf-size.
+    #[arg(long, default_value_t = DEFAULT_MAX_UNSENT)]
     max_unsent: usize,
-    /// Pause receives by cancelling them instead of capping them (the path for kernels
-    /// before 6.17; for tests and comparisons).
-    #[arg(long, hide = true)]
-    no_multishot_cap: bool,
-    /// Seconds to let connections finish after SIGINT/SIGTERM before closing them.
+    /// Seconds an upstream connect may take (0: no limit).
+    #[arg(long, default_value_t = 5.0)]
+    connect_timeout: f64,
+    /// Seconds without a byte moving either way before a pair is reset (0: no limit).
+    #[arg(long, default_value_t = 300.0)]
+    idle_timeout: f64,
+    /// Seconds to let connections finish after SIGINT/SIGTERM/SIGHUP before resetting them.
     #[arg(long, default_value_t = 10.0)]
     drain_timeout: f64,
 }
+
+/// The default `--max-unsent`: room for multi-megabyte batches (a sendmsg carries up to 64
+/// chunks) without giving up the bound.
+pub const DEFAULT_MAX_UNSENT: usize = 1 << 20;
 
 /// `--incremental`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,7 +96,7 @@ pub enum IncrementalArg {
 }
 
 impl IncrementalArg {
-    /// The pool mode this means on the running kernel.
+    /// The pool mode this asks for.
     pub fn resolve(self) -> Incremental {
         match self {
             IncrementalArg::On => Incremental::Kernel,
@@ -88,46 +107,152 @@ impl IncrementalArg {
     }
 }
 
-/// Everything a proxy needs to start.
+/// `--bundles`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Switch {
+    /// When the kernel has it.
+    Auto,
+    /// Always (an error on kernels without it).
+    On,
+    /// Never.
+    Off,
+}
+
+/// Whether `auto` bundles are on for `incremental` on this kernel: when the kernel has bundles,
+/// and never at the cost of kernel incremental consumption (before 6.15 the two do not mix).
+pub fn auto_bundles(incremental: Incremental) -> bool {
+    let Ok(p) = bufring::Probe::run() else {
+        return false;
+    };
+    match incremental {
+        Incremental::Off | Incremental::Emulated => p.bundles,
+        Incremental::Kernel => p.incremental_bundles,
+        _ => p.bundles && (!p.incremental || p.incremental_bundles),
+    }
+}
+
+/// Everything a proxy needs to start. [`Config::check`] says whether it makes sense.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub upstream: SocketAddr,
     pub threads: usize,
     pub incremental: Incremental,
+    /// Multishot bundle receives.
+    pub bundles: bool,
     pub buf_size: u32,
     pub buffers: u32,
     pub max_connections: usize,
-    /// Backpressure bound: unsent bytes queued per direction before its receive pauses.
+    /// Backpressure bound: unsent bytes queued per direction.
     pub max_unsent: usize,
+    /// How long an upstream connect may take.
+    pub connect_timeout: Option<Duration>,
+    /// How long a pair may stay without a byte moving either way.
+    pub idle_timeout: Option<Duration>,
     /// How long a graceful shutdown waits for connections to end by themselves.
     pub drain_timeout: Duration,
-    /// Cap multishot receives at the backpressure room (Linux 6.17; found out at run time).
-    /// Off: pause by cancelling the receive, then one buffer at a time (older kernels' path).
-    pub multishot_cap: bool,
-    /// Multishot bundle receives (one completion, several buffers). The pool checks that the
-    /// kernel has them.
-    pub bundles: bool,
 }
 
 impl Config {
     /// Defaults for the two addresses: one thread per core, 1024 buffers of 64 KiB per thread,
-    /// incremental consumption when the kernel has it.
+    /// incremental consumption and bundles when the kernel has them.
     pub fn new(listen: SocketAddr, upstream: SocketAddr) -> Self {
         Config {
             listen,
             upstream,
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            incremental: IncrementalArg::Auto.resolve(),
+            threads: cores(),
+            incremental: Incremental::Auto,
+            bundles: auto_bundles(Incremental::Auto),
             buf_size: 64 * 1024,
             buffers: 1024,
             max_connections: 100_000,
-            max_unsent: 256 * 1024,
+            max_unsent: DEFAULT_MAX_UNSENT,
+            connect_timeout: Some(Duration::from_secs(5)),
+            idle_timeout: Some(Duration::from_secs(300)),
             drain_timeout: Duration::from_secs(10),
-            multishot_cap: true,
-            bundles: false,
         }
     }
+
+    /// The configuration `args` ask for, or what is wrong with them.
+    pub fn from_args(args: &Args) -> Result<Config, String> {
+        let listen = resolve("--listen", &args.listen)?;
+        let upstream = resolve("--upstream", &args.upstream)?;
+        let mut cfg = Config::new(listen, upstream);
+        if let Some(t) = args.threads {
+            cfg.threads = t;
+        }
+        cfg.incremental = args.incremental.resolve();
+        cfg.bundles = match args.bundles {
+            Switch::Auto => auto_bundles(cfg.incremental),
+            Switch::On => true,
+            Switch::Off => false,
+        };
+        cfg.buf_size = args.buf_size;
+        cfg.buffers = args.buffers;
+        cfg.max_connections = args.max_connections;
+        cfg.max_unsent = args.max_unsent;
+        cfg.connect_timeout = seconds("--connect-timeout", args.connect_timeout)?;
+        cfg.idle_timeout = seconds("--idle-timeout", args.idle_timeout)?;
+        cfg.drain_timeout = seconds("--drain-timeout", args.drain_timeout)?.unwrap_or_default();
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Whether the values make sense together.
+    pub fn check(&self) -> Result<(), String> {
+        let max_threads = 4 * cores();
+        if self.threads == 0 || self.threads > max_threads {
+            return Err(format!(
+                "--threads must be between 1 and {max_threads} (four per core), not {}",
+                self.threads
+            ));
+        }
+        if self.upstream.port() == 0 {
+            return Err(format!(
+                "--upstream {}: port 0 names no server",
+                self.upstream
+            ));
+        }
+        if self.upstream.ip().is_unspecified() {
+            return Err(format!(
+                "--upstream {}: an unspecified address",
+                self.upstream
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        if self.buf_size == 0 || self.buffers == 0 {
+            return Err("--buf-size and --buffers must be at least 1".into());
+        }
+        if self.max_unsent < self.buf_size as usize {
+            return Err(format!(
+                "--max-unsent ({}) must be at least --buf-size ({}): a chunk is never split",
+                self.max_unsent, self.buf_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `host:port` to one address (the first a name resolves to).
+fn resolve(flag: &str, s: &str) -> Result<SocketAddr, String> {
+    s.to_socket_addrs()
+        .map_err(|e| format!("{flag} {s}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{flag} {s}: the name has no address"))
+}
+
+/// Seconds as a timeout: 0 means none; negative, NaN or absurd values are errors.
+fn seconds(flag: &str, v: f64) -> Result<Option<Duration>, String> {
+    if !(0.0..1e9).contains(&v) {
+        return Err(format!("{flag} must be a number of seconds, not {v}"));
+    }
+    Ok((v > 0.0).then(|| Duration::from_secs_f64(v)))
 }
 
 pub(crate) const RUN: u8 = 0;
@@ -138,13 +263,19 @@ pub(crate) const FORCE: u8 = 2;
 pub(crate) struct Shared {
     pub state: AtomicU8,
     /// Print every connection's state (diagnostics).
-    pub dump: Vec<std::sync::atomic::AtomicBool>,
+    pub dump: Vec<AtomicBool>,
     /// Connections open, all threads (for `max_connections`).
     pub active: AtomicUsize,
-    /// One eventfd per worker: a write wakes it to look at `state`.
-    pub wakers: Vec<OwnedFd>,
-    /// Each worker's counters, refreshed after every batch of completions.
+    /// Each worker's counters, refreshed after every batch of events.
     pub stats: Vec<Mutex<ThreadStats>>,
+}
+
+/// What a worker reports once its driver runs.
+pub(crate) struct Started {
+    pub waker: DriverWaker,
+    /// The pool's mode as the kernel allowed it.
+    pub incremental: Incremental,
+    pub bundles: bool,
 }
 
 /// One worker's counters.
@@ -155,30 +286,29 @@ pub struct ThreadStats {
     pub closed: u64,
     /// Connections closed at once because `max_connections` were open.
     pub refused_limit: u64,
-    /// Upstream connections that failed (refused, unreachable).
+    /// Upstream connections that failed (refused, unreachable, timed out, no descriptor).
     pub upstream_failed: u64,
-    /// Pairs closed because one side reset or failed.
+    /// Of those, connects that timed out.
+    pub connect_timeouts: u64,
+    /// Pairs reset because nothing moved either way for the idle timeout.
+    pub idle_closed: u64,
+    /// Pairs reset because one side reset or failed.
     pub resets: u64,
+    /// Pairs reset by a forced shutdown (drain deadline, second signal).
+    pub forced: u64,
     pub accept_errors: u64,
     /// Bytes client → upstream.
     pub bytes_up: u64,
     /// Bytes upstream → client.
     pub bytes_down: u64,
-    /// Receives re-armed after the ring ran dry.
-    pub enobufs_rearms: u64,
-    /// Receives waiting for buffers right now.
-    pub waiting: u64,
-    /// Receives paused because the other side had too much unsent.
+    /// Times forwarding stopped because the destination had `max_unsent` bytes unsent.
     pub backpressure_pauses: u64,
     /// The most unsent bytes one direction ever had queued.
     pub peak_unsent: u64,
-    /// Whether multishot receives carry a byte cap (1) or are paused by cancels (0).
-    pub multishot_cap: u64,
-    /// Receive completions that brought more than one buffer (bundles).
-    pub multi_buffer_bundles: u64,
-    /// The most buffers one receive completion brought.
-    pub max_bundle_buffers: u64,
+    /// 1 if receives stop at their quota by the kernel's byte limit (6.17), 0 if by cancels.
+    pub recv_limited: u64,
     pub pool: PoolStats,
+    pub driver: DriverStats,
 }
 
 /// Counters of every worker.
@@ -197,17 +327,16 @@ impl ProxyStats {
             t.closed += s.closed;
             t.refused_limit += s.refused_limit;
             t.upstream_failed += s.upstream_failed;
+            t.connect_timeouts += s.connect_timeouts;
+            t.idle_closed += s.idle_closed;
             t.resets += s.resets;
+            t.forced += s.forced;
             t.accept_errors += s.accept_errors;
             t.bytes_up += s.bytes_up;
             t.bytes_down += s.bytes_down;
-            t.enobufs_rearms += s.enobufs_rearms;
-            t.waiting += s.waiting;
             t.backpressure_pauses += s.backpressure_pauses;
             t.peak_unsent = t.peak_unsent.max(s.peak_unsent);
-            t.multishot_cap = t.multishot_cap.max(s.multishot_cap);
-            t.multi_buffer_bundles += s.multi_buffer_bundles;
-            t.max_bundle_buffers = t.max_bundle_buffers.max(s.max_bundle_buffers);
+            t.recv_limited = t.recv_limited.max(s.recv_limited);
             let p = &mut t.pool;
             p.buffers += s.pool.buffers;
             p.in_kernel += s.pool.in_kernel;
@@ -224,6 +353,25 @@ impl ProxyStats {
             p.publishes += s.pool.publishes;
             p.bundles += s.pool.bundles;
             p.emulated_reposts += s.pool.emulated_reposts;
+            p.parked += s.pool.parked;
+            p.posted_target += s.pool.posted_target;
+            p.trimmed_bytes += s.pool.trimmed_bytes;
+            let (d, e) = (&mut t.driver, &s.driver);
+            d.completions += e.completions;
+            d.stray += e.stray;
+            d.rejected += e.rejected;
+            d.sockets += e.sockets;
+            d.quota_pauses += e.quota_pauses;
+            d.rearms_after_wait += e.rearms_after_wait;
+            d.spilled_chunks += e.spilled_chunks;
+            d.spilled_bytes += e.spilled_bytes;
+            d.spill_cancels += e.spill_cancels;
+            d.accept_pauses += e.accept_pauses;
+            d.return_wakes += e.return_wakes;
+            d.connect_timeouts += e.connect_timeouts;
+            d.idle_timeouts += e.idle_timeouts;
+            d.target_changes += e.target_changes;
+            d.enters += e.enters;
         }
         t
     }
@@ -231,33 +379,42 @@ impl ProxyStats {
 
 impl fmt::Display for ThreadStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = &self.driver;
         write!(
             f,
             "connections {} accepted, {} active, {} closed, {} refused at the limit, {} upstream \
-             failed, {} reset; bytes client->upstream {}, upstream->client {}; pool {} buffers, \
-             {} in use now, peak {} in use, utilization {:.2}, ENOBUFS {} ({} re-arms, {} \
-             waiting); backpressure pauses {}, peak unsent {} bytes; bundles {} ({} of several \
-             buffers, at most {})",
+             failed ({} timed out), {} reset by a peer, {} idle, {} forced; bytes \
+             client->upstream {}, upstream->client {}; pool {} buffers, {} posted target, {} in \
+             use now, peak {} in use, ENOBUFS {} ({} re-arms), {} bundles; backpressure pauses \
+             {}, quota pauses {}, peak unsent {} bytes; spilled {} chunks ({} bytes); accept \
+             pauses {}; {} receive completions, {} completions in all, {} enters",
             self.accepted,
             self.active,
             self.closed,
             self.refused_limit,
             self.upstream_failed,
+            self.connect_timeouts,
             self.resets,
+            self.idle_closed,
+            self.forced,
             self.bytes_up,
             self.bytes_down,
             self.pool.buffers,
+            self.pool.posted_target,
             self.pool.with_app,
             self.pool.peak_with_app,
-            self.pool.utilization(),
             self.pool.enobufs,
-            self.enobufs_rearms,
-            self.waiting,
-            self.backpressure_pauses,
-            self.peak_unsent,
+            d.rearms_after_wait,
             self.pool.bundles,
-            self.multi_buffer_bundles,
-            self.max_bundle_buffers,
+            self.backpressure_pauses,
+            d.quota_pauses,
+            self.peak_unsent,
+            d.spilled_chunks,
+            d.spilled_bytes,
+            d.accept_pauses,
+            self.pool.completions,
+            d.completions,
+            d.enters,
         )
     }
 }
@@ -276,58 +433,54 @@ impl fmt::Display for ProxyStats {
 pub struct Proxy;
 
 impl Proxy {
-    /// Binds the listeners, starts one worker per thread and returns once all of them have
-    /// their ring and pool (or the first error).
+    /// Checks the configuration, binds the listeners, starts one worker per thread and returns
+    /// once all of them have their driver and pool (or the first error).
     pub fn start(cfg: Config) -> Result<ProxyHandle, Box<dyn std::error::Error + Send + Sync>> {
-        if cfg.threads == 0 {
-            return Err("--threads must be at least 1".into());
-        }
+        cfg.check()?;
         let listeners = net::reuseport_listeners(cfg.listen, cfg.threads)
             .map_err(|e| format!("listen on {}: {e}", cfg.listen))?;
         let addr = listeners[0].local_addr()?;
-        let wakers = (0..cfg.threads)
-            .map(|_| net::eventfd())
-            .collect::<io::Result<Vec<_>>>()?;
         let shared = Arc::new(Shared {
             state: AtomicU8::new(RUN),
-            dump: (0..cfg.threads)
-                .map(|_| std::sync::atomic::AtomicBool::new(false))
-                .collect(),
+            dump: (0..cfg.threads).map(|_| AtomicBool::new(false)).collect(),
             active: AtomicUsize::new(0),
-            wakers,
             stats: (0..cfg.threads)
                 .map(|_| Mutex::new(ThreadStats::default()))
                 .collect(),
         });
         let (tx, rx) = mpsc::channel();
-        let mut threads = Vec::new();
+        let mut handle = ProxyHandle {
+            addr,
+            shared: Arc::clone(&shared),
+            threads: Vec::new(),
+            wakers: Vec::new(),
+            incremental: Incremental::Off,
+            bundles: false,
+        };
         for (id, listener) in listeners.into_iter().enumerate() {
             let (cfg, shared, tx) = (cfg.clone(), Arc::clone(&shared), tx.clone());
             let t = std::thread::Builder::new()
                 .name(format!("proxy-{id}"))
-                .spawn(move || {
-                    let w = match worker::Worker::new(id, &cfg, listener, shared) {
-                        Ok(w) => w,
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return Ok(());
+                .spawn(
+                    move || match worker::Worker::new(id, &cfg, listener, shared, &tx) {
+                        Some(w) => {
+                            drop(tx);
+                            w.run()
                         }
-                    };
-                    let _ = tx.send(Ok(()));
-                    drop(tx);
-                    w.run()
-                })?;
-            threads.push(t);
+                        None => Ok(()),
+                    },
+                )?;
+            handle.threads.push(t);
         }
         drop(tx);
-        let handle = ProxyHandle {
-            addr,
-            shared,
-            threads,
-        };
         for _ in 0..cfg.threads {
             match rx.recv_timeout(Duration::from_secs(10)) {
-                Ok(Ok(())) => {}
+                Ok(Ok(s)) => {
+                    handle.wakers.push(s.waker);
+                    handle.incremental = s.incremental;
+                    handle.bundles = s.bundles;
+                }
+                // Dropping the handle stops the workers that did start.
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_) => return Err("a worker did not start".into()),
             }
@@ -336,11 +489,14 @@ impl Proxy {
     }
 }
 
-/// A running proxy. Dropping it closes every connection and waits for the workers.
+/// A running proxy. Dropping it resets every connection and waits for the workers.
 pub struct ProxyHandle {
     addr: SocketAddr,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<io::Result<()>>>,
+    wakers: Vec<DriverWaker>,
+    incremental: Incremental,
+    bundles: bool,
 }
 
 impl ProxyHandle {
@@ -361,10 +517,16 @@ impl ProxyHandle {
         }
     }
 
+    /// The pool mode the kernel gave (incremental consumption by the kernel, emulated, or
+    /// off), and whether receives are bundles.
+    pub fn mode(&self) -> (Incremental, bool) {
+        (self.incremental, self.bundles)
+    }
+
     fn signal(&self, state: u8) {
         self.shared.state.fetch_max(state, Ordering::AcqRel);
-        for w in &self.shared.wakers {
-            net::wake(w.as_raw_fd());
+        for w in &self.wakers {
+            w.wake();
         }
     }
 
@@ -373,8 +535,8 @@ impl ProxyHandle {
         for d in &self.shared.dump {
             d.store(true, Ordering::Release);
         }
-        for w in &self.shared.wakers {
-            net::wake(w.as_raw_fd());
+        for w in &self.wakers {
+            w.wake();
         }
     }
 
@@ -384,7 +546,7 @@ impl ProxyHandle {
         self.signal(DRAIN);
     }
 
-    /// Closes every connection now and stops.
+    /// Resets every connection now and stops.
     pub fn force(&self) {
         self.signal(FORCE);
     }
@@ -437,7 +599,7 @@ impl Drop for ProxyHandle {
     }
 }
 
-/// Blocks SIGINT, SIGTERM and SIGUSR1 in this thread (and the workers it spawns later) and
+/// Blocks SIGINT, SIGTERM, SIGHUP and SIGUSR1 in this thread (and the workers it spawns later) and
 /// returns a signalfd that reports them: no work happens in a signal handler.
 fn signal_fd() -> io::Result<OwnedFd> {
     use std::os::fd::FromRawFd;
@@ -446,7 +608,7 @@ fn signal_fd() -> io::Result<OwnedFd> {
     // SAFETY: `set` is a valid sigset_t; these calls only edit it and this thread's mask.
     unsafe {
         libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1] {
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1] {
             libc::sigaddset(&mut set, s);
         }
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
@@ -488,41 +650,29 @@ fn next_signal(fd: &OwnedFd, ms: i32) -> Option<i32> {
 }
 
 pub fn run(args: Args) -> crate::CliResult {
-    if args.buf_size == 0 || args.buffers == 0 {
-        return Err("--buf-size and --buffers must be at least 1".into());
-    }
-    if !(args.drain_timeout >= 0.0 && args.drain_timeout < 1e9) {
-        return Err("--drain-timeout must be a number of seconds".into());
-    }
-    let mut cfg = Config::new(args.listen, args.upstream);
-    if let Some(t) = args.threads {
-        cfg.threads = t;
-    }
-    cfg.incremental = args.incremental.resolve();
-    cfg.buf_size = args.buf_size;
-    cfg.buffers = args.buffers;
-    cfg.max_connections = args.max_connections;
-    cfg.max_unsent = args.max_unsent;
-    cfg.drain_timeout = Duration::from_secs_f64(args.drain_timeout);
-    cfg.multishot_cap = !args.no_multishot_cap;
-    cfg.bundles = args.bundles;
+    let cfg = Config::from_args(&args)?;
     let nofile = net::raise_nofile_limit();
     let signals = signal_fd()?;
     let proxy = Proxy::start(cfg.clone()).map_err(|e| e.to_string())?;
+    let (incremental, bundles) = proxy.mode();
     eprintln!(
         "bufring proxy: listening on {}, upstream {}, {} thread(s), {} buffers of {} bytes per \
-         thread, incremental {}, bundles {}, open files limit {nofile}",
+         thread, incremental {}, bundles {}, max unsent {} bytes, connect timeout {}, idle \
+         timeout {}, open files limit {nofile}",
         proxy.local_addr(),
         cfg.upstream,
         cfg.threads,
         cfg.buffers,
         cfg.buf_size,
-        if cfg.incremental == Incremental::Kernel {
-            "on"
-        } else {
-            "off"
+        match incremental {
+            Incremental::Kernel => "on (kernel)",
+            Incremental::Emulated => "emulated",
+            _ => "off",
         },
-        if cfg.bundles { "on" } else { "off" },
+        if bundles { "on" } else { "off" },
+        cfg.max_unsent,
+        secs(cfg.connect_timeout),
+        secs(cfg.idle_timeout),
     );
     let mut stopping = false;
     while !proxy.is_finished() {
@@ -533,13 +683,13 @@ pub fn run(args: Args) -> crate::CliResult {
                     proxy.dump();
                 }
             }
-            Some(libc::SIGINT | libc::SIGTERM) if !stopping => {
+            Some(libc::SIGINT | libc::SIGTERM | libc::SIGHUP) if !stopping => {
                 stopping = true;
                 eprintln!("bufring proxy: shutting down (stop accepting, drain)");
                 proxy.shutdown();
             }
-            Some(libc::SIGINT | libc::SIGTERM) => {
-                eprintln!("bufring proxy: closing every connection now");
+            Some(libc::SIGINT | libc::SIGTERM | libc::SIGHUP) => {
+                eprintln!("bufring proxy: resetting every connection now");
                 proxy.force();
             }
             _ => {}
@@ -548,4 +698,8 @@ pub fn run(args: Args) -> crate::CliResult {
     let stats = proxy.join(Duration::from_secs(30))?;
     eprint!("bufring proxy: exit statistics\n{stats}");
     Ok(())
+}
+
+fn secs(t: Option<Duration>) -> String {
+    t.map_or("none".into(), |t| format!("{} s", t.as_secs_f64()))
 }

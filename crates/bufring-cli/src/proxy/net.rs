@@ -120,53 +120,6 @@ pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
     set_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
 }
 
-/// SO_LINGER with a zero timeout: close() sends a reset (passes a peer's reset on).
-pub fn set_linger_zero(fd: RawFd) {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: `l` lives across the call; its size is passed. Failure only means a FIN instead
-    // of a reset, so the result is ignored.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &l as *const _ as *const libc::c_void,
-            size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-}
-
-/// Shuts the write side of `fd` (passes a half-close on). Errors (the peer is gone) are
-/// harmless here: the pair is torn down when its other direction ends.
-pub fn shutdown_write(fd: RawFd) {
-    // SAFETY: plain syscall on a socket we own.
-    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
-}
-
-/// Closes a raw fd the caller owns.
-pub fn close(fd: RawFd) {
-    // SAFETY: the caller owns `fd` and never uses it again.
-    unsafe { libc::close(fd) };
-}
-
-/// An eventfd for waking a worker's ring.
-pub fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; the fd it returns is ours alone.
-    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })?;
-    // SAFETY: `fd` was just opened and nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Adds 1 to an eventfd (wakes whoever reads it).
-pub fn wake(fd: RawFd) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a live u64 to an eventfd.
-    unsafe { libc::write(fd, &one as *const u64 as *const libc::c_void, 8) };
-}
-
 /// Raises the soft limit on open files to the hard limit (a proxy needs two per connection).
 pub fn raise_nofile_limit() -> u64 {
     // SAFETY: rlimit is plain old data, filled by getrlimit.

@@ -173,6 +173,21 @@ impl Driver {
                 continue;
             }
             if !sock.idle_signalled && now >= sock.active + t {
+                // Bytes leaving the kernel's send queue are bytes moving too: a peer reading a
+                // large answer slowly out of it is not idle. One that stopped reading is, a
+                // timeout later.
+                let outq = sock
+                    .fd
+                    .as_ref()
+                    .map_or(0, |f| unsent_in_kernel(f.as_raw_fd()));
+                let drained = outq > 0 && outq < sock.idle_outq;
+                sock.idle_outq = outq;
+                if drained {
+                    sock.active = now;
+                    let check = now + t;
+                    next = Some(next.map_or(check, |n| n.min(check)));
+                    continue;
+                }
                 sock.idle_signalled = true;
                 self.stats.idle_timeouts += 1;
                 let id = self.id_of(idx);
@@ -187,5 +202,18 @@ impl Driver {
             next = Some(next.map_or(check, |n| n.min(check)));
         }
         self.next_idle_check = next;
+    }
+}
+
+/// Bytes the kernel holds in `fd`'s send queue, not yet acknowledged by the peer (SIOCOUTQ);
+/// 0 where it cannot say.
+fn unsent_in_kernel(fd: RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ on sockets) writes one int into the live `n`.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    if r == 0 {
+        n.max(0) as usize
+    } else {
+        0
     }
 }

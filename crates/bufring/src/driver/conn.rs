@@ -30,7 +30,9 @@ impl Driver {
         .build();
         let sock = self.at(idx);
         sock.connecting = true;
-        sock.inflight += 1 + u32::from(timeout.is_some());
+        // The linked timeout is not the socket's: it names only its own timespec, which its op
+        // keeps until its completion.
+        sock.inflight += 1;
         let ud = self.ops.insert(Op::Connect {
             sock: idx,
             _addr: addr,
@@ -301,7 +303,7 @@ impl Driver {
             sock.tx_bytes = 0;
         }
         let pool = sock.pool;
-        let uds = [sock.recv_op, sock.send_op, sock.connect_op];
+        let uds = [sock.recv_op, sock.send_op, sock.connect_op, sock.watch_op];
         if sock.idle_timeout.take().is_some() {
             self.idle_sockets -= 1;
         }

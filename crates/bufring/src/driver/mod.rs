@@ -98,6 +98,15 @@ pub struct PoolId(usize);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SocketId(u64);
 
+impl SocketId {
+    /// The socket's slot in the driver: a small number, dense from 0 and reused once the
+    /// socket is closed (the id is not: its generation changes). Index a `Vec` of your own
+    /// per-socket state with it.
+    pub fn slot(self) -> usize {
+        self.0 as u32 as usize
+    }
+}
+
 /// A listening socket the driver accepts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ListenerId(u64);
@@ -152,6 +161,17 @@ pub enum Event {
         /// What the kernel said.
         error: io::Error,
     },
+    /// `socket`'s stream ended with an error (a reset, for example). Sent at once, even while
+    /// received data is still queued and even while its receive is stopped at its quota (the
+    /// driver watches a stopped receive's socket for errors), so that a reader that is not
+    /// reading learns of it: [`read`](Driver::read) still gives the queued data, then
+    /// [`Received::Error`].
+    Failed {
+        /// The socket.
+        socket: SocketId,
+        /// What the kernel said.
+        error: io::Error,
+    },
     /// No data moved on `socket` for its [idle timeout](Driver::set_idle_timeout).
     Idle {
         /// The socket.
@@ -180,6 +200,7 @@ impl Event {
             | Event::Readable { socket }
             | Event::Sent { socket }
             | Event::SendFailed { socket, .. }
+            | Event::Failed { socket, .. }
             | Event::Idle { socket }
             | Event::Closed { socket } => Some(*socket),
             Event::AcceptFailed { .. } | Event::Timer { .. } | Event::Woken => None,
@@ -230,6 +251,9 @@ pub struct DriverStats {
     pub idle_timeouts: u64,
     /// Changes of a pool's posted target by elastic posting.
     pub target_changes: u64,
+    /// Calls that submitted or waited (`io_uring_enter`, at most one each: the io-uring crate
+    /// skips the system call when there is nothing to submit and nothing to wait for).
+    pub enters: u64,
 }
 
 /// Wakes a driver from any thread ([`Event::Woken`]). Cheap to clone.
@@ -459,8 +483,9 @@ impl Driver {
             .ok_or(Error::NotOpen { what: "socket" })
     }
 
-    /// Reports [`Event::Idle`] when no data moved on `s` (nothing received, nothing sent) for
-    /// `timeout`; `None` turns it off. Checked about every `timeout / 4` (at least every 10 ms).
+    /// Reports [`Event::Idle`] when no data moved on `s` (nothing received, nothing sent, and
+    /// the kernel's send queue did not shrink: a peer slowly reading what was sent is not idle)
+    /// for `timeout`; `None` turns it off. Checked about every `timeout / 4` (at least every 10 ms).
     pub fn set_idle_timeout(&mut self, s: SocketId, timeout: Option<Duration>) -> Result<()> {
         let idx = self.live(s)?;
         let now = Instant::now();
@@ -479,6 +504,19 @@ impl Driver {
             self.next_idle_check = Some(self.next_idle_check.map_or(check, |c| c.min(check)));
         }
         Ok(())
+    }
+
+    /// How long no data moved on `s` (nothing received, nothing sent), as of the last batch
+    /// of completions.
+    pub fn idle_for(&self, s: SocketId) -> Result<Duration> {
+        Ok(self.now.saturating_duration_since(self.sock(s)?.active))
+    }
+
+    /// Whether receives stop at their quota by the kernel's byte limit on multishot receives
+    /// (Linux 6.17), rather than by a cancel after the fact: true until the kernel refuses the
+    /// first limited receive.
+    pub fn recv_limited(&self) -> bool {
+        self.recv_limit
     }
 
     /// The counters.

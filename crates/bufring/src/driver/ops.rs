@@ -26,6 +26,8 @@ pub(super) enum Op {
     /// A send of the front of socket `sock`'s queue (the chunks stay in the queue, and the
     /// message header in the socket, until this completes).
     Send { sock: u32 },
+    /// The error watch on socket `sock` while its receive is stopped (a poll for POLLERR).
+    Watch { sock: u32 },
     /// A cancel on behalf of socket `sock` (counted in its in-flight requests), or of nothing.
     Cancel { sock: Option<u32> },
     /// A user timer; the kernel reads the timespec.

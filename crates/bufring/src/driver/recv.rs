@@ -70,7 +70,6 @@ impl Driver {
         if let Some(c) = sock.rx.pop_front() {
             sock.rx_bytes -= c.len();
             if sock.rx.is_empty() {
-                sock.throttled = false;
                 if sock.end.is_none() {
                     sock.signalled = false;
                 }
@@ -100,9 +99,25 @@ impl Driver {
         Ok(self.sock(s)?.recv_op.is_some())
     }
 
+    /// The length of the chunk the next [`read`](Self::read) gives, if the next item is data:
+    /// so a forwarder can take only what fits where it goes.
+    pub fn peek_len(&self, s: SocketId) -> Result<Option<usize>> {
+        Ok(self.sock(s)?.rx.front().map(|c| c.len()))
+    }
+
     /// Bytes received on `s` and not yet read.
     pub fn queued(&self, s: SocketId) -> Result<usize> {
         Ok(self.sock(s)?.rx_bytes)
+    }
+
+    /// The receive quota of a socket of `pool` right now: its fair share of the pool's bytes
+    /// (`pool bytes / receivers`) within [`DriverBuilder::recv_quota`]'s bounds. An application
+    /// that queues data of its own per socket (a proxy's send queues) can hold itself to it too.
+    pub fn recv_quota(&self, pool: PoolId) -> Result<usize> {
+        if pool.0 >= self.pools.len() {
+            return Err(Error::NotOpen { what: "pool" });
+        }
+        Ok(self.quota(pool.0))
     }
 
     pub(super) fn quota(&self, pool: usize) -> usize {
@@ -138,6 +153,8 @@ impl Driver {
         // Bundles where the pool was built for them: one completion may bring several buffers.
         let bundles = p.bundles_declared();
         let (e, multishot, limited) = match (!multishot || (throttled && !limit), limit) {
+            // One buffer at most: a bundle takes whatever the socket holds.
+            (true, _) if throttled => (p.recv(fd), false, false),
             (true, _) if bundles => (p.recv_bundle(fd), false, false),
             (true, _) => (p.recv(fd), false, false),
             (false, true) if bundles => (p.recv_multishot_bundle_limit(fd, room), true, true),
@@ -247,7 +264,51 @@ impl Driver {
             sock.recv = RecvState::Paused;
             if sock.rx_bytes < quota {
                 self.arm_recv(idx);
+            } else {
+                self.watch(idx);
             }
+        }
+    }
+
+    /// Watches the socket of a stopped receive for an error (POLLERR): a peer that resets
+    /// while nobody reads would otherwise go unnoticed until the reader catches up. One poll
+    /// per socket at most; it stays armed until the socket fails, hangs up or closes.
+    pub(super) fn watch(&mut self, idx: u32) {
+        let sock = self.at(idx);
+        if sock.watch_op.is_some() || sock.ended || sock.closing {
+            return;
+        }
+        let Some(fd) = sock.fd.as_ref().map(|f| f.as_raw_fd()) else {
+            return;
+        };
+        sock.inflight += 1;
+        let e = opcode::PollAdd::new(Fd(fd), (libc::POLLERR | libc::POLLHUP) as u32).build();
+        let ud = self.ops.insert(Op::Watch { sock: idx });
+        self.at(idx).watch_op = Some(ud);
+        // SAFETY: a poll points at no memory; the fd stays open until the socket's requests
+        // (this one included) have ended.
+        unsafe { self.push(e.user_data(ud)) };
+    }
+
+    pub(super) fn on_watch(&mut self, idx: u32, res: i32) {
+        let sock = self.at(idx);
+        sock.inflight -= 1;
+        sock.watch_op = None;
+        if sock.closing {
+            self.maybe_free(idx);
+            return;
+        }
+        // Only while no receive is in flight: one in flight reports the error itself, and
+        // SO_ERROR, read here, would be gone for it.
+        if res < 0 || res & i32::from(libc::POLLERR) == 0 || sock.recv_op.is_some() || sock.ended {
+            return;
+        }
+        let Some(fd) = sock.fd.as_ref().map(|f| f.as_raw_fd()) else {
+            return;
+        };
+        let err = so_error(fd);
+        if err != 0 {
+            self.end_recv(idx, End::Error(io_err(err)));
         }
     }
 
@@ -266,12 +327,49 @@ impl Driver {
         sock.recv = RecvState::Off;
         let notify = !sock.signalled;
         sock.signalled = true;
+        let failed = match &sock.end {
+            Some(End::Error(e)) => Some(copy_err(e)),
+            _ => None,
+        };
         if was_on {
             self.pools[pool].receivers -= 1;
+        }
+        if let Some(error) = failed {
+            let id = self.id_of(idx);
+            self.events.push_back(Event::Failed { socket: id, error });
         }
         if notify {
             let id = self.id_of(idx);
             self.events.push_back(Event::Readable { socket: id });
         }
+    }
+}
+
+/// The socket's pending error (SO_ERROR, which reading clears), or 0.
+fn so_error(fd: RawFd) -> i32 {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the live int `err`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        err
+    } else {
+        0
+    }
+}
+
+/// The same error again (`io::Error` is not `Clone`).
+fn copy_err(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(n) => io_err(n),
+        None => io::Error::new(e.kind(), e.to_string()),
     }
 }

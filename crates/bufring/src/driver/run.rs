@@ -168,6 +168,7 @@ impl Driver {
             return Err(Error::kernel("io_uring_enter", e));
         }
         self.flush_backlog();
+        self.stats.enters += 1;
         let want = usize::from(wait != Some(Duration::ZERO));
         let r = match wait {
             Some(t) if want == 1 => {
@@ -207,6 +208,7 @@ impl Driver {
                 if unsafe { self.ring.submission().push(&e) }.is_ok() {
                     return;
                 }
+                self.stats.enters += 1;
                 match self.ring.submit() {
                     Ok(_) => {}
                     Err(err) if err.raw_os_error() == Some(libc::EINTR) => {}
@@ -225,6 +227,7 @@ impl Driver {
         while let Some(e) = self.backlog.front() {
             // SAFETY: the entry was vouched for when it was pushed (see `push`).
             if unsafe { self.ring.submission().push(e) }.is_err() {
+                self.stats.enters += 1;
                 if self.ring.submit().is_err() {
                     return;
                 }
@@ -278,6 +281,10 @@ impl Driver {
             Op::Send { sock } => {
                 self.ops.remove(ud);
                 self.on_send(sock, res);
+            }
+            Op::Watch { sock } => {
+                self.ops.remove(ud);
+                self.on_watch(sock, res);
             }
             Op::Connect { sock, .. } => {
                 self.ops.remove(ud);

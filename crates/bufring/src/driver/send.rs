@@ -115,6 +115,7 @@ impl Driver {
             sock.consume_sent(res as usize);
             sock.active = now;
             sock.idle_signalled = false;
+            sock.idle_outq = usize::MAX;
         }
         // A send stopped before it sent anything, to be sent again: cancelled (ECANCELED; a
         // send the kernel was running in its worker threads ends with EINTR instead, as on 6.1)

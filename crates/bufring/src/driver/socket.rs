@@ -60,8 +60,9 @@ pub(super) struct Socket {
     pub(super) tx_bytes: usize,
     pub(super) sending: usize,
     pub(super) batch: Option<Box<Batch>>,
-    /// Went over its quota where the kernel has no receive limit: single-shot receives (one
-    /// buffer at most each) until the queue has been read empty.
+    /// Went over its quota where the kernel has no receive limit: from then on single-shot
+    /// receives of one buffer at most (a multishot receive on 6.1 drains the socket's whole
+    /// receive queue in one wake-up, before any cancel can land).
     pub(super) throttled: bool,
     /// Its in-flight send was cancelled so that its chunks can move to the heap.
     pub(super) spill_cancel: bool,
@@ -79,6 +80,8 @@ pub(super) struct Socket {
     pub(super) recv_op: Option<u64>,
     pub(super) send_op: Option<u64>,
     pub(super) connect_op: Option<u64>,
+    /// The error watch while the receive is stopped at its quota.
+    pub(super) watch_op: Option<u64>,
     /// Requests in flight that name this socket; the slot is freed at zero once closing.
     pub(super) inflight: u32,
     /// The idle timeout, and the last time data moved.
@@ -86,6 +89,8 @@ pub(super) struct Socket {
     pub(super) active: Instant,
     /// An `Idle` event was sent and no data moved since.
     pub(super) idle_signalled: bool,
+    /// The kernel's send queue at the last idle check (`usize::MAX` after a send completed).
+    pub(super) idle_outq: usize,
 }
 
 impl Socket {
@@ -113,10 +118,12 @@ impl Socket {
             recv_op: None,
             send_op: None,
             connect_op: None,
+            watch_op: None,
             inflight: 0,
             idle_timeout: None,
             active: now,
             idle_signalled: false,
+            idle_outq: usize::MAX,
         }
     }
 
