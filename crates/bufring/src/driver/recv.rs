@@ -69,10 +69,8 @@ impl Driver {
         let sock = self.at(idx);
         if let Some(c) = sock.rx.pop_front() {
             sock.rx_bytes -= c.len();
-            if sock.rx.is_empty() {
-                if sock.end.is_none() {
-                    sock.signalled = false;
-                }
+            if sock.rx.is_empty() && sock.end.is_none() {
+                sock.signalled = false;
             }
             if sock.recv == RecvState::Paused {
                 let pool = self.at(idx).pool;
