@@ -512,19 +512,7 @@ fn tokio_bufring_receive(
                 .entries(sq)
                 .cq_entries(cq),
         );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .enable_io()
-        .build()?;
-    let local = tokio::task::LocalSet::new();
-    let uring = if in_runtime {
-        let _g = rt.enter();
-        let (uring, driver) = builder.build_local()?;
-        local.spawn_local(driver);
-        uring
-    } else {
-        builder.build()?
-    };
+    let (rt, local, uring) = super::tokio_uring(builder, in_runtime)?;
     let got = Rc::new(Cell::new(0u64));
     let done = Rc::new(tokio::sync::Notify::new());
     let span = Rc::new(Span::default());

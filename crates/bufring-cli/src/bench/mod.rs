@@ -98,6 +98,32 @@ impl Common {
 /// The error type of a run.
 pub type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+/// A current-thread runtime, a `LocalSet` and a bufring-tokio `Uring` from `builder`: its
+/// driver on a thread of its own, or (`in_runtime`) a task of that `LocalSet`.
+fn tokio_uring(
+    builder: bufring_tokio::Builder,
+    in_runtime: bool,
+) -> BenchResult<(
+    tokio::runtime::Runtime,
+    tokio::task::LocalSet,
+    bufring_tokio::Uring,
+)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .enable_io()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    let uring = if in_runtime {
+        let _g = rt.enter();
+        let (uring, driver) = builder.build_local()?;
+        local.spawn_local(driver);
+        uring
+    } else {
+        builder.build()?
+    };
+    Ok((rt, local, uring))
+}
+
 /// One measured value of one run.
 #[derive(Debug, Clone, Copy)]
 pub struct Figure {

@@ -305,19 +305,7 @@ fn serve_bufring(
                 .entries(4096)
                 .cq_entries((2 * socks.len() as u32 + 64).next_power_of_two().max(8192)),
         );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .enable_io()
-        .build()?;
-    let local = tokio::task::LocalSet::new();
-    let uring = if in_runtime {
-        let _g = rt.enter();
-        let (uring, driver) = builder.build_local()?;
-        local.spawn_local(driver);
-        uring
-    } else {
-        builder.build()?
-    };
+    let (rt, local, uring) = super::tokio_uring(builder, in_runtime)?;
     let n = socks.len();
     let live = Live::new(n);
     let r = (|| -> BenchResult<()> {

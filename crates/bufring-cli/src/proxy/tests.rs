@@ -437,8 +437,14 @@ fn a_thousand_concurrent_connections() {
     if !uring_ok() {
         return;
     }
-    // 1000 client sockets, 2000 in the proxy, 1000 in the upstream, all in this process.
-    super::net::raise_nofile_limit();
+    // 1000 client sockets, 2000 in the proxy, 1000 in the upstream, all in this process: four
+    // descriptors a connection. Where the limit is lower (the kernel matrix's guests have a
+    // hard limit of 4096), fewer, so that no connect fails for lack of descriptors.
+    let limit = super::net::raise_nofile_limit();
+    let n = 1000.min((limit.saturating_sub(200) / 4) as usize);
+    if n < 1000 {
+        eprintln!("open files limit {limit}: {n} connections instead of 1000");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -449,7 +455,7 @@ fn a_thousand_concurrent_connections() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let up_addr = l.local_addr().unwrap();
         let server = tokio::spawn(async move {
-            for _ in 0..1000 {
+            for _ in 0..n {
                 let (mut s, _) = l.accept().await.unwrap();
                 tokio::spawn(async move {
                     let (mut r, mut w) = s.split();
@@ -461,8 +467,8 @@ fn a_thousand_concurrent_connections() {
         cfg.buffers = 256;
         let proxy = Proxy::start(cfg).unwrap();
         let addr = proxy.local_addr();
-        let barrier = Arc::new(tokio::sync::Barrier::new(1000));
-        let clients: Vec<_> = (0..1000u32)
+        let barrier = Arc::new(tokio::sync::Barrier::new(n));
+        let clients: Vec<_> = (0..n as u32)
             .map(|i| {
                 let barrier = Arc::clone(&barrier);
                 tokio::spawn(async move {
@@ -474,7 +480,7 @@ fn a_thousand_concurrent_connections() {
                         s.read_exact(&mut back).await.unwrap();
                         assert_eq!(back, msg.as_bytes());
                     }
-                    // All 1000 are open at once here.
+                    // All n are open at once here.
                     barrier.wait().await;
                     s.shutdown().await.unwrap();
                     let mut rest = Vec::new();
@@ -491,8 +497,10 @@ fn a_thousand_concurrent_connections() {
         tokio::time::timeout(T, all).await.expect("clients finish");
         tokio::time::timeout(T, server).await.unwrap().unwrap();
         let t = proxy.stats().total();
-        assert_eq!(t.accepted, 1000);
-        eventually("all pairs closed", || proxy.stats().total().closed == 1000);
+        assert_eq!(t.accepted, n as u64);
+        eventually("all pairs closed", || {
+            proxy.stats().total().closed == n as u64
+        });
         stop(proxy);
     });
 }
@@ -531,11 +539,16 @@ fn slow_reader_backpressure_keeps_memory_bounded() {
         // receive buffer, tcp_rmem's third value); after it the socket receives one buffer at
         // a time.
         let max_unsent = 32 * 1024;
-        let max_buffers = if t.recv_limited == 1 {
-            16 + 2
-        } else {
-            16 + 2 + (tcp_rmem_max() / 4096) as u32
-        };
+        // A classic buffer is pinned whole by a partial receive (the upstream writes pieces of
+        // 1 to 70,000 bytes; a bundle's last buffer is partial too): a few more buffers than
+        // the bytes fill. Incremental pools pack receives into shared buffers.
+        let partial = if mode == Incremental::Off { 6 } else { 0 };
+        let max_buffers = partial
+            + if t.recv_limited == 1 {
+                16 + 2
+            } else {
+                16 + 2 + (tcp_rmem_max() / 4096) as u32
+            };
         assert!(
             t.pool.peak_with_app <= max_buffers,
             "{mode:?}/bundles {bundles}: slow reader pinned too many buffers: {t}"
