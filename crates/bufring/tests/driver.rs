@@ -664,6 +664,97 @@ fn memory_follows_traffic_under_steady_load() {
     );
 }
 
+/// Proves an open connection that has gone quiet costs only its socket record: after 32
+/// connections each echo 256 KiB (sendmsg batches, partial sends) and stop, with all of them
+/// still open, no socket holds queues; one with unread data holds them until it is read.
+#[test]
+fn quiet_connections_keep_no_queues() {
+    let Some(mut d) = driver(Driver::builder()) else {
+        return;
+    };
+    let pool = d
+        .add_pool(Pool::builder(0).count(64).buf_len(16 * 1024))
+        .unwrap();
+    let addr = listen(&mut d);
+    const N: usize = 32;
+    const BYTES: usize = 256 * 1024;
+    let (done_tx, done_rx) = mpsc::channel();
+    let (quit_tx, quit_rx) = mpsc::channel::<()>();
+    let quit_rx = std::sync::Arc::new(std::sync::Mutex::new(quit_rx));
+    let clients: Vec<_> = (0..N as u64)
+        .map(|i| {
+            let (done_tx, quit_rx) = (done_tx.clone(), std::sync::Arc::clone(&quit_rx));
+            thread::spawn(move || {
+                let s = TcpStream::connect(addr).unwrap();
+                let mut w = s.try_clone().unwrap();
+                // The pattern, without the shutdown `send_pattern` ends with: the connection
+                // stays open.
+                let writer = thread::spawn(move || {
+                    let (mut p, mut buf) = (Pattern::new(i), vec![0u8; 16 * 1024]);
+                    for _ in 0..BYTES / buf.len() {
+                        p.fill(&mut buf);
+                        w.write_all(&buf)?;
+                    }
+                    Ok::<_, std::io::Error>(())
+                });
+                let mut check = Checker::new(i);
+                let mut buf = vec![0u8; 16 * 1024];
+                while check.received < BYTES {
+                    let n = (&s).read(&mut buf).unwrap();
+                    assert!(n > 0, "echo ended early");
+                    check.check(&buf[..n]);
+                }
+                writer.join().unwrap().unwrap();
+                done_tx.send(()).unwrap();
+                // Stay open, quiet, until the driver has been looked at.
+                let _ = quit_rx.lock().unwrap().recv();
+                drop(s);
+            })
+        })
+        .collect();
+    let mut finished = 0;
+    run_until(
+        &mut d,
+        Duration::from_secs(60),
+        |d, ev| echo(d, pool, 64 * 1024, ev),
+        |d| {
+            finished += done_rx.try_iter().count();
+            finished == N && d.stats().busy_sockets == 0
+        },
+    );
+    let st = d.stats();
+    assert_eq!(st.sockets, N as u64, "all still open: {st:?}");
+    assert_eq!(st.busy_sockets, 0, "{st:?}\n{}", d.dump());
+
+    // Data that arrives and is not read keeps its socket's queues, until it is read.
+    let mut c = TcpStream::connect(addr).unwrap();
+    let s = Cell::new(None);
+    run_until(
+        &mut d,
+        Duration::from_secs(10),
+        |d, ev| {
+            if let Event::Accepted { socket, .. } = ev {
+                d.recv(socket, pool).unwrap();
+                s.set(Some(socket));
+            }
+        },
+        |_| s.get().is_some(),
+    );
+    let s = s.get().unwrap();
+    c.write_all(b"unread").unwrap();
+    wait_queued(&mut d, s, 6);
+    assert_eq!(d.stats().busy_sockets, 1);
+    while let Some(Received::Data(_)) = d.read(s).unwrap() {}
+    assert_eq!(d.stats().busy_sockets, 0);
+
+    for _ in 0..N {
+        quit_tx.send(()).unwrap();
+    }
+    for c in clients {
+        c.join().unwrap();
+    }
+}
+
 /// Proves a chunk dropped on another thread wakes a driver whose receive waits for buffers:
 /// the pool (2 buffers) runs dry while another thread holds every chunk; when it drops them
 /// the driver, blocked in `run_once` with no other reason to wake, wakes and resumes receiving.

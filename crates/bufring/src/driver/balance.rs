@@ -133,7 +133,10 @@ impl Driver {
         let want = p.waiting.len().min(16) * p.pool.buf_len() as usize;
         let mut copied = 0;
         for &(_, idx) in &holders {
-            let (chunks, bytes) = self.at(idx).spill();
+            let Some(io) = self.at(idx).io.as_mut() else {
+                continue;
+            };
+            let (chunks, bytes) = io.spill();
             self.stats.spilled_chunks += chunks as u64;
             self.stats.spilled_bytes += bytes as u64;
             copied += bytes;
@@ -146,12 +149,13 @@ impl Driver {
         }
         for &(_, idx) in &holders {
             let sock = self.at(idx);
-            if sock.sending > 0
+            let Some(io) = sock.io.as_ref() else { continue };
+            if io.sending > 0
                 && !sock.spill_cancel
-                && sock.tx.iter().take(sock.sending).any(|c| c.in_pool())
+                && io.tx.iter().take(io.sending).any(|c| c.in_pool())
             {
+                let ud = io.send_op.expect("a send is in flight").get();
                 sock.spill_cancel = true;
-                let ud = sock.send_op.expect("a send is in flight");
                 self.stats.spill_cancels += 1;
                 self.cancel(ud, Some(idx));
             }
@@ -163,15 +167,18 @@ impl Driver {
         if self.idle_sockets == 0 {
             return;
         }
-        let mut next: Option<Instant> = None;
+        // In the sockets' own time: nanoseconds since the driver was built.
+        let now = self.stamp(now);
+        const MS: u64 = 1_000_000;
+        let mut next: Option<u64> = None;
         for idx in 0..self.sockets.len() as u32 {
             let Some(sock) = self.sockets[idx as usize].sock.as_mut() else {
                 continue;
             };
-            let Some(t) = sock.idle_timeout else { continue };
-            if sock.closing {
+            if sock.idle_ms == 0 || sock.closing {
                 continue;
             }
+            let t = u64::from(sock.idle_ms) * MS;
             if !sock.idle_signalled && now >= sock.active + t {
                 // Bytes leaving the kernel's send queue are bytes moving too: a peer reading a
                 // large answer slowly out of it is not idle. One that stopped reading is, a
@@ -195,24 +202,24 @@ impl Driver {
             }
             let sock = self.sockets[idx as usize].sock.as_ref().expect("live");
             let check = if sock.idle_signalled {
-                now + (t / 4).max(Duration::from_millis(10))
+                now + (t / 4).max(10 * MS)
             } else {
-                (sock.active + t).max(now + Duration::from_millis(1))
+                (sock.active + t).max(now + MS)
             };
             next = Some(next.map_or(check, |n| n.min(check)));
         }
-        self.next_idle_check = next;
+        self.next_idle_check = next.map(|n| self.instant(n));
     }
 }
 
 /// Bytes the kernel holds in `fd`'s send queue, not yet acknowledged by the peer (SIOCOUTQ);
 /// 0 where it cannot say.
-fn unsent_in_kernel(fd: RawFd) -> usize {
+fn unsent_in_kernel(fd: RawFd) -> u32 {
     let mut n: libc::c_int = 0;
     // SAFETY: TIOCOUTQ (SIOCOUTQ on sockets) writes one int into the live `n`.
     let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
     if r == 0 {
-        n.max(0) as usize
+        n.max(0) as u32
     } else {
         0
     }

@@ -219,6 +219,7 @@ impl DriverBuilder {
             cqes: Vec::new(),
             window_start: Instant::now(),
             now: Instant::now(),
+            epoch: Instant::now(),
             next_idle_check: None,
             idle_sockets: 0,
             accept_retry: None,

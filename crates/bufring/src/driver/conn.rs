@@ -37,7 +37,7 @@ impl Driver {
             sock: idx,
             _addr: addr,
         });
-        self.at(idx).connect_op = Some(ud);
+        self.at(idx).io().connect_op = Some(nz(ud));
         match timeout {
             None => {
                 // SAFETY: the address is boxed in the op, which lives until the connect's
@@ -66,7 +66,7 @@ impl Driver {
         let idx = self.live(s)?;
         let sock = self.at(idx);
         sock.close_after_send = true;
-        if sock.tx.is_empty() {
+        if sock.tx_empty() {
             self.teardown(idx, false);
         }
         Ok(())
@@ -145,7 +145,8 @@ impl Driver {
         let sock = self.at(idx);
         sock.inflight -= 1;
         sock.connecting = false;
-        sock.connect_op = None;
+        sock.io().connect_op = None;
+        sock.trim();
         if sock.closing {
             self.maybe_free(idx);
             return;
@@ -295,23 +296,30 @@ impl Driver {
         }
         let was_on = sock.recv != RecvState::Off;
         sock.recv = RecvState::Off;
-        sock.rx.clear();
-        sock.rx_bytes = 0;
-        sock.end = None;
-        if sock.sending == 0 {
-            sock.tx.clear();
-            sock.tx_bytes = 0;
-        }
-        let pool = sock.pool;
-        let uds = [sock.recv_op, sock.send_op, sock.connect_op, sock.watch_op];
-        if sock.idle_timeout.take().is_some() {
+        let (send_op, connect_op) = match sock.io.as_mut() {
+            Some(io) => {
+                io.rx.clear();
+                io.rx_bytes = 0;
+                io.end = None;
+                if io.sending == 0 {
+                    io.tx.clear();
+                    io.tx_bytes = 0;
+                }
+                (io.send_op, io.connect_op)
+            }
+            None => (None, None),
+        };
+        sock.trim();
+        let pool = sock.pool as usize;
+        let uds = [sock.recv_op, send_op, connect_op, sock.watch_op];
+        if std::mem::take(&mut sock.idle_ms) != 0 {
             self.idle_sockets -= 1;
         }
         if was_on {
             self.pools[pool].receivers -= 1;
         }
         for ud in uds.into_iter().flatten() {
-            self.cancel(ud, Some(idx));
+            self.cancel(ud.get(), Some(idx));
         }
         self.maybe_free(idx);
     }

@@ -3,6 +3,8 @@
 //! owns whatever the kernel reads or writes meanwhile (addresses, timespecs, the eventfd word);
 //! a CQE whose user_data names a free slot or an older generation is stray and goes nowhere.
 
+use std::num::NonZeroU64;
+
 use io_uring::types::Timespec;
 
 /// What a request is, and what it keeps alive for the kernel.
@@ -19,7 +21,7 @@ pub(super) enum Op {
     /// A receive of socket `sock` from pool `pool`: multishot or not, with a byte limit or not.
     Recv {
         sock: u32,
-        pool: usize,
+        pool: u32,
         multishot: bool,
         limited: bool,
     },
@@ -62,7 +64,7 @@ impl Ops {
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.slots.push(Slot { gen: 0, op: None });
+                self.slots.push(Slot { gen: 1, op: None });
                 (self.slots.len() - 1) as u32
             }
         };
@@ -89,7 +91,8 @@ impl Ops {
             return None;
         }
         let op = slot.op.take()?;
-        slot.gen = slot.gen.wrapping_add(1);
+        // Never 0, so that no user_data is 0 and a socket can keep one in 8 bytes.
+        slot.gen = slot.gen.wrapping_add(1).max(1);
         self.free.push(idx);
         self.live -= 1;
         Some(op)
@@ -114,6 +117,11 @@ impl Ops {
         self.live = 0;
         self.slots.iter_mut().filter_map(|s| s.op.take())
     }
+}
+
+/// A user_data as the socket keeps it: [`Ops::insert`] never returns 0 (generations start at 1).
+pub(super) fn nz(ud: u64) -> NonZeroU64 {
+    NonZeroU64::new(ud).expect("user_data is never 0: generations start at 1")
 }
 
 pub(super) fn timespec(d: std::time::Duration) -> Box<Timespec> {

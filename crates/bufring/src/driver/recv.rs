@@ -25,13 +25,13 @@ impl Driver {
                 reason: "the socket's stream has ended",
             });
         }
-        if sock.recv_op.is_some() && sock.pool != pool.0 {
+        if sock.recv_op.is_some() && sock.pool as usize != pool.0 {
             return Err(Error::InvalidState {
                 op: "recv",
                 reason: "the stopped receive on another pool has not ended yet",
             });
         }
-        sock.pool = pool.0;
+        sock.pool = pool.0 as u32;
         self.pools[pool.0].receivers += 1;
         let sock = self.at(idx);
         if sock.recv_op.is_some() {
@@ -54,10 +54,10 @@ impl Driver {
             return Ok(());
         }
         sock.recv = RecvState::Off;
-        let (pool, op) = (sock.pool, sock.recv_op);
+        let (pool, op) = (sock.pool as usize, sock.recv_op);
         self.pools[pool].receivers -= 1;
         if let Some(ud) = op {
-            self.cancel(ud, Some(idx));
+            self.cancel(ud.get(), Some(idx));
         }
         Ok(())
     }
@@ -67,22 +67,29 @@ impl Driver {
     pub fn read(&mut self, s: SocketId) -> Result<Option<Received>> {
         let idx = self.live(s)?;
         let sock = self.at(idx);
-        if let Some(c) = sock.rx.pop_front() {
-            sock.rx_bytes -= c.len();
-            if sock.rx.is_empty() && sock.end.is_none() {
+        let Some(io) = sock.io.as_mut() else {
+            sock.signalled = false;
+            return Ok(None);
+        };
+        if let Some(c) = io.rx.pop_front() {
+            io.rx_bytes -= c.len();
+            if io.rx.is_empty() && io.end.is_none() {
                 sock.signalled = false;
+                sock.trim();
             }
             if sock.recv == RecvState::Paused {
-                let pool = self.at(idx).pool;
+                let pool = sock.pool as usize;
                 let quota = self.quota(pool);
-                if self.at(idx).rx_bytes <= quota / 2 {
+                if self.at(idx).rx_bytes() <= quota / 2 {
                     self.arm_recv(idx);
                 }
             }
             return Ok(Some(Received::Data(c)));
         }
+        let end = io.end.take();
         sock.signalled = false;
-        Ok(match sock.end.take() {
+        sock.trim();
+        Ok(match end {
             Some(End::Eof) => Some(Received::End),
             Some(End::Error(e)) => Some(Received::Error(e)),
             None => None,
@@ -100,12 +107,13 @@ impl Driver {
     /// The length of the chunk the next [`read`](Self::read) gives, if the next item is data:
     /// so a forwarder can take only what fits where it goes.
     pub fn peek_len(&self, s: SocketId) -> Result<Option<usize>> {
-        Ok(self.sock(s)?.rx.front().map(|c| c.len()))
+        let io = self.sock(s)?.io.as_ref();
+        Ok(io.and_then(|io| io.rx.front()).map(|c| c.len()))
     }
 
     /// Bytes received on `s` and not yet read.
     pub fn queued(&self, s: SocketId) -> Result<usize> {
-        Ok(self.sock(s)?.rx_bytes)
+        Ok(self.sock(s)?.rx_bytes())
     }
 
     /// The receive quota of a socket of `pool` right now: its fair share of the pool's bytes
@@ -130,7 +138,7 @@ impl Driver {
     /// the limit.
     pub(super) fn arm_recv(&mut self, idx: u32) {
         let (multishot, limit) = (self.multishot_recv, self.recv_limit);
-        let pool = self.at(idx).pool;
+        let pool = self.at(idx).pool as usize;
         let quota = self.quota(pool);
         let sock = self.at(idx);
         let Some(fd) = sock.fd.as_ref().map(|f| f.as_raw_fd()) else {
@@ -144,7 +152,7 @@ impl Driver {
         sock.recv = RecvState::Armed;
         sock.inflight += 1;
         let room = quota
-            .saturating_sub(sock.rx_bytes)
+            .saturating_sub(sock.rx_bytes())
             .clamp(1, u32::MAX as usize) as u32;
         let throttled = sock.throttled;
         let p = &self.pools[pool].pool;
@@ -162,11 +170,11 @@ impl Driver {
         };
         let ud = self.ops.insert(Op::Recv {
             sock: idx,
-            pool,
+            pool: pool as u32,
             multishot,
             limited,
         });
-        self.at(idx).recv_op = Some(ud);
+        self.at(idx).recv_op = Some(nz(ud));
         // SAFETY: the pool lives as long as the driver, whose drop waits for every request (or
         // leaks the pool); the fd stays open until the socket's requests have ended.
         unsafe { self.push(e.user_data(ud)) };
@@ -189,11 +197,11 @@ impl Driver {
             self.ops.remove(ud);
             let sock = self.at(idx);
             sock.inflight -= 1;
-            if sock.recv_op == Some(ud) {
+            if sock.recv_op == Some(nz(ud)) {
                 sock.recv_op = None;
             }
         }
-        let (quota, now) = (self.quota(pool), self.now);
+        let (quota, now) = (self.quota(pool), self.stamp(self.now));
         let sock = self.at(idx);
         if sock.closing {
             drop(completion);
@@ -207,9 +215,10 @@ impl Driver {
         match completion {
             Err(_) => unreachable!("refused completions returned above"),
             Ok(Completion::Data { chunks, .. }) => {
+                let io = sock.io();
                 for c in chunks {
-                    sock.rx_bytes += c.len();
-                    sock.rx.push_back(c);
+                    io.rx_bytes += c.len();
+                    io.rx.push_back(c);
                 }
                 sock.active = now;
                 sock.idle_signalled = false;
@@ -219,7 +228,7 @@ impl Driver {
                     self.events.push_back(Event::Readable { socket: id });
                 }
                 let sock = self.at(idx);
-                if more && sock.recv == RecvState::Armed && sock.rx_bytes >= quota {
+                if more && sock.recv == RecvState::Armed && sock.rx_bytes() >= quota {
                     sock.recv = RecvState::Cancelling;
                     sock.throttled = true;
                     self.stats.quota_pauses += 1;
@@ -260,7 +269,7 @@ impl Driver {
             // receive): start it again unless the queue is over its quota.
             let sock = self.at(idx);
             sock.recv = RecvState::Paused;
-            if sock.rx_bytes < quota {
+            if sock.rx_bytes() < quota {
                 self.arm_recv(idx);
             } else {
                 self.watch(idx);
@@ -282,7 +291,7 @@ impl Driver {
         sock.inflight += 1;
         let e = opcode::PollAdd::new(Fd(fd), (libc::POLLERR | libc::POLLHUP) as u32).build();
         let ud = self.ops.insert(Op::Watch { sock: idx });
-        self.at(idx).watch_op = Some(ud);
+        self.at(idx).watch_op = Some(nz(ud));
         // SAFETY: a poll points at no memory; the fd stays open until the socket's requests
         // (this one included) have ended.
         unsafe { self.push(e.user_data(ud)) };
@@ -314,18 +323,18 @@ impl Driver {
     pub(super) fn end_recv(&mut self, idx: u32, end: End) {
         let sock = self.at(idx);
         let was_on = sock.recv != RecvState::Off;
-        sock.end = Some(end);
+        sock.io().end = Some(end);
         sock.ended = true;
-        let pool = sock.pool;
+        let pool = sock.pool as usize;
         if let Some(ud) = sock.recv_op {
             // A multishot ended early by an error still has its final completion to come.
-            self.cancel(ud, Some(idx));
+            self.cancel(ud.get(), Some(idx));
         }
         let sock = self.at(idx);
         sock.recv = RecvState::Off;
         let notify = !sock.signalled;
         sock.signalled = true;
-        let failed = match &sock.end {
+        let failed = match sock.io.as_ref().and_then(|io| io.end.as_ref()) {
             Some(End::Error(e)) => Some(copy_err(e)),
             _ => None,
         };

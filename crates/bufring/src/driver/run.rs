@@ -275,7 +275,7 @@ impl Driver {
                 limited,
             } => {
                 let how = (multishot, limited);
-                self.on_recv(ud, sock, pool, how, Cqe::new(res, flags));
+                self.on_recv(ud, sock, pool as usize, how, Cqe::new(res, flags));
             }
             Op::Accept { listener } => self.on_accept(ud, listener as usize, res, more),
             Op::Send { sock } => {

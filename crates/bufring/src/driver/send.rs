@@ -22,13 +22,16 @@ impl Driver {
                 reason: "the socket's write side is shut down",
             });
         }
+        let io = sock.io();
         for c in chunks {
             if !c.is_empty() {
-                sock.tx_bytes += c.len();
-                sock.tx.push_back(c);
+                io.tx_bytes += c.len();
+                io.tx.push_back(c);
             }
         }
         self.start_send(idx);
+        // Nothing to send after all (only empty chunks): no queues to keep.
+        self.at(idx).trim();
         Ok(())
     }
 
@@ -43,7 +46,7 @@ impl Driver {
 
     /// Bytes queued to send on `s` and not yet sent.
     pub fn unsent(&self, s: SocketId) -> Result<usize> {
-        Ok(self.sock(s)?.tx_bytes)
+        Ok(self.sock(s)?.tx_bytes())
     }
 
     /// Shuts `s`'s write side down (the peer reads end of stream) once everything queued is
@@ -59,70 +62,75 @@ impl Driver {
     /// `sendmsg` over up to 64 chunks.
     pub(super) fn start_send(&mut self, idx: u32) {
         let sock = self.at(idx);
-        if sock.sending > 0 || sock.tx.is_empty() || sock.closing || sock.connecting {
+        if sock.sending() > 0 || sock.tx_empty() || sock.closing || sock.connecting {
             return;
         }
         let Some(fd) = sock.fd.as_ref().map(|f| f.as_raw_fd()) else {
             return;
         };
-        let e = if sock.tx.len() == 1 {
-            let c = &sock.tx[0];
-            sock.sending = 1;
+        let io = sock.io();
+        let e = if io.tx.len() == 1 {
+            let c = &io.tx[0];
+            io.sending = 1;
             opcode::Send::new(Fd(fd), c.as_ptr(), c.len() as u32)
                 .flags(libc::MSG_NOSIGNAL)
                 .build()
         } else {
-            let batch = sock.batch.get_or_insert_with(|| {
+            let batch = io.batch.get_or_insert_with(|| {
                 // SAFETY: msghdr and iovec are plain old data; all zero (null pointers, zero
                 // lengths) is a valid value.
                 Box::new(unsafe { std::mem::zeroed::<Batch>() })
             });
-            let n = sock.tx.len().min(MAX_IOV);
-            for (iov, c) in batch.iov.iter_mut().zip(sock.tx.iter()) {
+            let n = io.tx.len().min(MAX_IOV);
+            for (iov, c) in batch.iov.iter_mut().zip(io.tx.iter()) {
                 iov.iov_base = c.as_ptr() as *mut libc::c_void;
                 iov.iov_len = c.len();
             }
             batch.msg.msg_iov = batch.iov.as_mut_ptr();
             batch.msg.msg_iovlen = n;
-            sock.sending = n;
+            io.sending = n;
             opcode::SendMsg::new(Fd(fd), &batch.msg)
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build()
         };
         sock.inflight += 1;
         let ud = self.ops.insert(Op::Send { sock: idx });
-        self.at(idx).send_op = Some(ud);
-        // SAFETY: the chunks stay in the socket's queue, and the boxed batch in the socket,
-        // until this send completes: nothing removes the first `sending` chunks before then
-        // (spills skip them; a closing socket keeps them), and the socket is freed only when
-        // its in-flight count is zero.
+        self.at(idx).io().send_op = Some(nz(ud));
+        // SAFETY: the chunks stay in the socket's queue, and the boxed batch in its boxed
+        // queues, until this send completes: nothing removes the first `sending` chunks before
+        // then (spills skip them; a closing socket keeps them), the queues are dropped only
+        // when no send is in flight (`Socket::trim`), and the socket is freed only when its
+        // in-flight count is zero.
         unsafe { self.push(e.user_data(ud)) };
     }
 
     pub(super) fn on_send(&mut self, idx: u32, res: i32) {
         let now = self.now;
+        let now = self.stamp(now);
         let sock = self.at(idx);
         sock.inflight -= 1;
-        sock.sending = 0;
-        sock.send_op = None;
-        if sock.closing {
-            sock.tx.clear();
-            sock.tx_bytes = 0;
+        let closing = sock.closing;
+        let io = sock.io();
+        io.sending = 0;
+        io.send_op = None;
+        if closing {
+            io.tx.clear();
+            io.tx_bytes = 0;
             self.maybe_free(idx);
             return;
         }
         if res > 0 {
-            sock.consume_sent(res as usize);
+            io.consume_sent(res as usize);
             sock.active = now;
             sock.idle_signalled = false;
-            sock.idle_outq = usize::MAX;
+            sock.idle_outq = u32::MAX;
         }
         // A send stopped before it sent anything, to be sent again: cancelled (ECANCELED; a
         // send the kernel was running in its worker threads ends with EINTR instead, as on 6.1)
         // or interrupted.
         let stopped = matches!(-res, libc::ECANCELED | libc::EINTR | libc::EAGAIN);
         if std::mem::take(&mut sock.spill_cancel) && (res >= 0 || stopped) {
-            let (chunks, bytes) = sock.spill();
+            let (chunks, bytes) = sock.io().spill();
             self.stats.spilled_chunks += chunks as u64;
             self.stats.spilled_bytes += bytes as u64;
         } else if res < 0 && matches!(-res, libc::EINTR | libc::EAGAIN) {
@@ -133,17 +141,19 @@ impl Driver {
             } else {
                 io_err(-res)
             };
-            sock.tx.clear();
-            sock.tx_bytes = 0;
+            let io = sock.io();
+            io.tx.clear();
+            io.tx_bytes = 0;
             let id = self.id_of(idx);
             self.events
                 .push_back(Event::SendFailed { socket: id, error });
+            self.at(idx).trim();
             if self.at(idx).close_after_send {
                 self.teardown(idx, true);
             }
             return;
         }
-        if self.at(idx).tx.is_empty() {
+        if self.at(idx).tx_empty() {
             self.finish_sends(idx);
         } else {
             self.start_send(idx);
@@ -153,9 +163,10 @@ impl Driver {
     /// The send queue is empty: report it, then shut down or close if that was asked for.
     pub(super) fn finish_sends(&mut self, idx: u32) {
         let sock = self.at(idx);
-        if !sock.tx.is_empty() || sock.sending > 0 {
+        if !sock.tx_empty() || sock.sending() > 0 {
             return;
         }
+        sock.trim();
         let (shutdown, close) = (sock.shutdown, sock.close_after_send);
         if shutdown {
             if let Some(fd) = &sock.fd {

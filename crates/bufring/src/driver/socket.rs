@@ -4,8 +4,8 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::num::NonZeroU64;
 use std::os::fd::OwnedFd;
-use std::time::Instant;
 
 use crate::Chunk;
 
@@ -41,25 +41,24 @@ pub(super) struct Batch {
     pub(super) iov: [libc::iovec; MAX_IOV],
 }
 
+/// One socket's record, kept small (72 bytes with its slot) because an idle connection costs
+/// only this: what a socket needs while data moves (its queues, a send in flight, a connect)
+/// lives in [`Io`], boxed on demand and dropped once the socket is quiet again.
 pub(super) struct Socket {
     pub(super) fd: Option<OwnedFd>,
     /// The pool receives select from.
-    pub(super) pool: usize,
+    pub(super) pool: u32,
+    /// Requests in flight that name this socket; the slot is freed at zero once closing.
+    pub(super) inflight: u32,
+    /// The idle timeout in milliseconds (0: none).
+    pub(super) idle_ms: u32,
+    /// The kernel's send queue at the last idle check (`u32::MAX` after a send completed).
+    pub(super) idle_outq: u32,
     pub(super) recv: RecvState,
-    /// Received, not yet read; `rx_bytes` in all.
-    pub(super) rx: VecDeque<Chunk>,
-    pub(super) rx_bytes: usize,
-    /// After the queued chunks: end of stream or an error (no more receives then).
-    pub(super) end: Option<End>,
     /// The stream ended (end of file or an error arrived): no more receives.
     pub(super) ended: bool,
     /// A `Readable` event was sent and the queue has not been emptied since.
     pub(super) signalled: bool,
-    /// Queued to send; the first `sending` chunks are in flight.
-    pub(super) tx: VecDeque<Chunk>,
-    pub(super) tx_bytes: usize,
-    pub(super) sending: usize,
-    pub(super) batch: Option<Box<Batch>>,
     /// Went over its quota where the kernel has no receive limit: from then on single-shot
     /// receives of one buffer at most (a multishot receive on 6.1 drains the socket's whole
     /// receive queue in one wake-up, before any cancel can land).
@@ -76,38 +75,58 @@ pub(super) struct Socket {
     pub(super) release: bool,
     /// A connect is in flight.
     pub(super) connecting: bool,
-    /// The user_data of its receive, send and connect in flight.
-    pub(super) recv_op: Option<u64>,
-    pub(super) send_op: Option<u64>,
-    pub(super) connect_op: Option<u64>,
-    /// The error watch while the receive is stopped at its quota.
-    pub(super) watch_op: Option<u64>,
-    /// Requests in flight that name this socket; the slot is freed at zero once closing.
-    pub(super) inflight: u32,
-    /// The idle timeout, and the last time data moved.
-    pub(super) idle_timeout: Option<std::time::Duration>,
-    pub(super) active: Instant,
     /// An `Idle` event was sent and no data moved since.
     pub(super) idle_signalled: bool,
-    /// The kernel's send queue at the last idle check (`usize::MAX` after a send completed).
-    pub(super) idle_outq: usize,
+    /// The user_data of its receive in flight.
+    pub(super) recv_op: Option<NonZeroU64>,
+    /// The error watch while the receive is stopped at its quota.
+    pub(super) watch_op: Option<NonZeroU64>,
+    /// The last time data moved, in nanoseconds since the driver was built.
+    pub(super) active: u64,
+    /// Queues and requests of a socket moving data; `None` while there are none.
+    pub(super) io: Option<Box<Io>>,
+}
+
+/// What a socket holds while data moves; dropped (see [`Socket::trim`]) when all is empty.
+#[derive(Default)]
+pub(super) struct Io {
+    /// Received, not yet read; `rx_bytes` in all.
+    pub(super) rx: VecDeque<Chunk>,
+    pub(super) rx_bytes: usize,
+    /// After the queued chunks: end of stream or an error (no more receives then).
+    pub(super) end: Option<End>,
+    /// Queued to send; the first `sending` chunks are in flight.
+    pub(super) tx: VecDeque<Chunk>,
+    pub(super) tx_bytes: usize,
+    pub(super) sending: usize,
+    pub(super) batch: Option<Box<Batch>>,
+    /// The user_data of its send and connect in flight.
+    pub(super) send_op: Option<NonZeroU64>,
+    pub(super) connect_op: Option<NonZeroU64>,
+}
+
+impl Io {
+    fn quiet(&self) -> bool {
+        self.rx.is_empty()
+            && self.end.is_none()
+            && self.tx.is_empty()
+            && self.sending == 0
+            && self.send_op.is_none()
+            && self.connect_op.is_none()
+    }
 }
 
 impl Socket {
-    pub(super) fn new(fd: OwnedFd, now: Instant) -> Self {
+    pub(super) fn new(fd: OwnedFd, now: u64) -> Self {
         Socket {
             fd: Some(fd),
             pool: 0,
+            inflight: 0,
+            idle_ms: 0,
+            idle_outq: u32::MAX,
             recv: RecvState::Off,
-            rx: VecDeque::new(),
-            rx_bytes: 0,
-            end: None,
             ended: false,
             signalled: false,
-            tx: VecDeque::new(),
-            tx_bytes: 0,
-            sending: 0,
-            batch: None,
             throttled: false,
             spill_cancel: false,
             shutdown: false,
@@ -115,18 +134,62 @@ impl Socket {
             closing: false,
             release: false,
             connecting: false,
-            recv_op: None,
-            send_op: None,
-            connect_op: None,
-            watch_op: None,
-            inflight: 0,
-            idle_timeout: None,
-            active: now,
             idle_signalled: false,
-            idle_outq: usize::MAX,
+            recv_op: None,
+            watch_op: None,
+            active: now,
+            io: None,
         }
     }
 
+    /// The socket's queues, made if it has none.
+    pub(super) fn io(&mut self) -> &mut Io {
+        self.io.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the queues once nothing is in them and no send or connect is in flight: a quiet
+    /// connection keeps only its record.
+    pub(super) fn trim(&mut self) {
+        if self.io.as_ref().is_some_and(|io| io.quiet()) {
+            self.io = None;
+        }
+    }
+
+    pub(super) fn rx_bytes(&self) -> usize {
+        self.io.as_ref().map_or(0, |io| io.rx_bytes)
+    }
+
+    pub(super) fn tx_bytes(&self) -> usize {
+        self.io.as_ref().map_or(0, |io| io.tx_bytes)
+    }
+
+    pub(super) fn sending(&self) -> usize {
+        self.io.as_ref().map_or(0, |io| io.sending)
+    }
+
+    pub(super) fn tx_empty(&self) -> bool {
+        self.io.as_ref().is_none_or(|io| io.tx.is_empty())
+    }
+
+    pub(super) fn send_op(&self) -> Option<NonZeroU64> {
+        self.io.as_ref().and_then(|io| io.send_op)
+    }
+
+    /// Bytes of pool memory this socket's chunks hold (those a spill could move, and those in
+    /// flight).
+    pub(super) fn pool_bytes(&self) -> usize {
+        self.io.as_ref().map_or(0, |io| {
+            io.rx
+                .iter()
+                .chain(io.tx.iter())
+                .filter(|c| c.in_pool())
+                .map(|c| c.len())
+                .sum()
+        })
+    }
+}
+
+impl Io {
     /// Drops the first `n` sent bytes: whole chunks go (their buffers can go back), a partly
     /// sent one is advanced. Returns how many chunks went.
     pub(super) fn consume_sent(&mut self, mut n: usize) -> usize {
@@ -168,15 +231,20 @@ impl Socket {
         }
         (chunks, bytes)
     }
+}
 
-    /// Bytes of pool memory this socket's chunks hold (those a spill could move, and those in
-    /// flight).
-    pub(super) fn pool_bytes(&self) -> usize {
-        self.rx
-            .iter()
-            .chain(self.tx.iter())
-            .filter(|c| c.in_pool())
-            .map(|c| c.len())
-            .sum()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle connection costs its socket records: keep them within a cache line.
+    #[test]
+    fn a_socket_record_fits_a_cache_line() {
+        assert!(
+            std::mem::size_of::<Socket>() <= 64,
+            "{}",
+            std::mem::size_of::<Socket>()
+        );
+        assert!(std::mem::size_of::<Option<Socket>>() <= 64);
     }
 }
