@@ -244,7 +244,8 @@ for i in "${!KERNELS[@]}"; do
     rel=${RELEASES[$i]}
     d=$WORK/$rel
     mkdir -p "$d"
-    KMATRIX_STAGE=$WORK/stage python3 scripts/kmatrix/matrix.py plan "$rel" "$d/meta.json" \
+    KMATRIX_EMULATED=$([ "$ACCEL" = tcg ] && echo 1 || echo 0) \
+        KMATRIX_STAGE=$WORK/stage python3 scripts/kmatrix/matrix.py plan "$rel" "$d/meta.json" \
         "${TESTS[@]}" -- "${EXAMPLES[@]}" >"$d/plan"
     files=(/init="$WORK/init" /kmatrix/plan="$d/plan" /kmatrix/bufring="$WORK/stage/bufring")
     for t in "${TESTS[@]}" "${EXAMPLES[@]}"; do files+=("/kmatrix/$t=$WORK/stage/$t"); done
