@@ -610,7 +610,7 @@ impl Driver {
 impl Driver {
     /// The user_data of `s`'s receive in flight, if any: what a forged completion would name.
     pub fn recv_user_data(&self, s: SocketId) -> Option<u64> {
-        self.sock(s).ok()?.recv_op.map(NonZeroU64::get)
+        self.sock(s).ok()?.recv_op.map(std::num::NonZeroU64::get)
     }
 }
 
