@@ -7,44 +7,11 @@ mod common;
 use std::time::Duration;
 
 use bufring_tokio::{Builder, Uring};
-use common::{fill, Checker, LIMIT};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use common::{echo_client, LIMIT};
+use tokio::net::TcpListener;
 
 const CONNS: u64 = 64;
 const BYTES: usize = 256 * 1024;
-
-/// One client: uploads `BYTES` of its pattern in uneven pieces while it reads the echo back
-/// and checks it, then shuts down its side and expects end of stream after the last byte.
-async fn client(addr: std::net::SocketAddr, seed: u64) -> u64 {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut rd, mut wr) = tcp.into_split();
-    let writer = async move {
-        let mut at = 0;
-        let mut piece = 1000 + seed as usize * 37;
-        while at < BYTES {
-            let n = piece.min(BYTES - at);
-            wr.write_all(&fill(seed, at as u64, n)).await.unwrap();
-            at += n;
-            piece = (piece * 7) % 50_000 + 1;
-        }
-        wr.shutdown().await.unwrap();
-    };
-    let reader = async move {
-        let mut check = Checker::new(seed);
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            let n = rd.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            check.check(&buf[..n]);
-        }
-        check.pos
-    };
-    let ((), got) = tokio::join!(writer, reader);
-    got
-}
 
 /// Accepts `CONNS` connections and echoes each with a task of its own.
 async fn server(uring: Uring, listener: TcpListener) -> Vec<tokio::task::JoinHandle<u64>> {
@@ -72,7 +39,7 @@ async fn echo_many(uring: Uring) {
     let addr = listener.local_addr().unwrap();
     let run = async {
         let clients: Vec<_> = (0..CONNS)
-            .map(|seed| tokio::spawn(client(addr, seed)))
+            .map(|seed| tokio::spawn(echo_client(addr, seed, BYTES)))
             .collect();
         let servers = server(uring.clone(), listener).await;
         for c in clients {

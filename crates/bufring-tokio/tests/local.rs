@@ -10,9 +10,9 @@ use std::io::ErrorKind;
 use std::time::Duration;
 
 use bufring_tokio::Builder;
-use common::{fill, local_uring, next, pair, Checker, LIMIT};
+use common::{echo_client, fill, local_uring, next, pair, Checker, LIMIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::LocalSet;
 use tokio::time::timeout;
 
@@ -24,36 +24,6 @@ fn current_thread() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-async fn client(addr: std::net::SocketAddr, seed: u64) -> u64 {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut rd, mut wr) = tcp.into_split();
-    let writer = async move {
-        let mut at = 0;
-        let mut piece = 1000 + seed as usize * 37;
-        while at < BYTES {
-            let n = piece.min(BYTES - at);
-            wr.write_all(&fill(seed, at as u64, n)).await.unwrap();
-            at += n;
-            piece = (piece * 7) % 50_000 + 1;
-        }
-        wr.shutdown().await.unwrap();
-    };
-    let reader = async move {
-        let mut check = Checker::new(seed);
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            let n = rd.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            check.check(&buf[..n]);
-        }
-        check.pos
-    };
-    let ((), got) = tokio::join!(writer, reader);
-    got
 }
 
 #[test]
@@ -88,7 +58,7 @@ fn echo_64(builder: Builder) {
         let addr = listener.local_addr().unwrap();
         let run = async {
             let clients: Vec<_> = (0..CONNS)
-                .map(|seed| tokio::task::spawn_local(client(addr, seed)))
+                .map(|seed| tokio::task::spawn_local(echo_client(addr, seed, BYTES)))
                 .collect();
             let mut servers = Vec::new();
             for _ in 0..CONNS {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bufring_tokio::{Builder, Uring};
 use futures_core::Stream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A `Uring` from `b`, or `None` (and a message) where the kernel refuses io_uring. With
@@ -123,4 +124,36 @@ pub fn no_readiness_fd(e: &io::Error) -> bool {
             feature: bufring::Feature::DeferredEventfd
         })
     )
+}
+
+/// An echo client: uploads `bytes` of its pattern in uneven pieces while it reads the echo back
+/// and checks it, then shuts down its side and expects end of stream after the last byte.
+pub async fn echo_client(addr: std::net::SocketAddr, seed: u64, bytes: usize) -> u64 {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    let writer = async move {
+        let mut at = 0;
+        let mut piece = 1000 + seed as usize * 37;
+        while at < bytes {
+            let n = piece.min(bytes - at);
+            wr.write_all(&fill(seed, at as u64, n)).await.unwrap();
+            at += n;
+            piece = (piece * 7) % 50_000 + 1;
+        }
+        wr.shutdown().await.unwrap();
+    };
+    let reader = async move {
+        let mut check = Checker::new(seed);
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let n = rd.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            check.check(&buf[..n]);
+        }
+        check.pos
+    };
+    let ((), got) = tokio::join!(writer, reader);
+    got
 }

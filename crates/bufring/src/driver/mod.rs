@@ -58,6 +58,11 @@
 //!   can [copy them out](crate::Chunk::to_heap).
 //! - **Wake on return**: while receives wait for buffers, the last drop of a chunk on any
 //!   thread wakes the driver (an eventfd the ring reads); when nobody waits it costs nothing.
+//! - **Quiet sockets cost their record**: a socket that holds nothing (no data queued either
+//!   way, no send or connect in flight) keeps only a 64-byte record (72 with its slot in the
+//!   driver's table) and its receive request; its queues live in a box made when data moves
+//!   and dropped when it is quiet again ([`DriverStats::busy_sockets`] counts those that have
+//!   one).
 
 use std::collections::VecDeque;
 use std::io;
