@@ -757,6 +757,48 @@ fn quiet_connections_keep_no_queues() {
     }
 }
 
+/// Proves the extremes of the idle timeout are taken without a panic or an overflow: zero
+/// (kept as 1 ms) reports `Idle` at once; `Duration::MAX` (kept as 49 days) never fires; a
+/// socket idle for a while says so in `idle_for`; turning the timeout off stops the checks.
+#[test]
+fn idle_timeouts_of_zero_and_duration_max() {
+    let Some(mut d) = driver(Driver::builder()) else {
+        return;
+    };
+    let pool = d.add_pool(Pool::builder(0).count(4).buf_len(4096)).unwrap();
+    let (a, _pa) = common::tcp_pair();
+    let (b, _pb) = common::tcp_pair();
+    let (zero, max) = (d.socket(a), d.socket(b));
+    d.recv(zero, pool).unwrap();
+    d.recv(max, pool).unwrap();
+    d.set_idle_timeout(zero, Some(Duration::ZERO)).unwrap();
+    d.set_idle_timeout(max, Some(Duration::MAX)).unwrap();
+    let mut idle = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while idle.is_empty() {
+        assert!(Instant::now() < deadline, "no Idle for a zero timeout");
+        d.run_once(Some(Duration::from_millis(20))).unwrap();
+        while let Some(ev) = d.next_event() {
+            if let Event::Idle { socket } = ev {
+                idle.push(socket);
+            }
+        }
+    }
+    assert_eq!(idle, vec![zero]);
+    thread::sleep(Duration::from_millis(30));
+    d.run_once(Some(Duration::ZERO)).unwrap();
+    assert!(d.idle_for(max).unwrap() >= Duration::from_millis(30));
+    d.set_idle_timeout(zero, None).unwrap();
+    d.set_idle_timeout(max, None).unwrap();
+    for _ in 0..5 {
+        d.run_once(Some(Duration::from_millis(10))).unwrap();
+        while let Some(ev) = d.next_event() {
+            assert!(!matches!(ev, Event::Idle { .. }), "{ev:?} after the timeout went off");
+        }
+    }
+    assert_eq!(d.stats().idle_timeouts, 1);
+}
+
 /// Proves a chunk dropped on another thread wakes a driver whose receive waits for buffers:
 /// the pool (2 buffers) runs dry while another thread holds every chunk; when it drops them
 /// the driver, blocked in `run_once` with no other reason to wake, wakes and resumes receiving.
