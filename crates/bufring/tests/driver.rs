@@ -793,7 +793,10 @@ fn idle_timeouts_of_zero_and_duration_max() {
     for _ in 0..5 {
         d.run_once(Some(Duration::from_millis(10))).unwrap();
         while let Some(ev) = d.next_event() {
-            assert!(!matches!(ev, Event::Idle { .. }), "{ev:?} after the timeout went off");
+            assert!(
+                !matches!(ev, Event::Idle { .. }),
+                "{ev:?} after the timeout went off"
+            );
         }
     }
     assert_eq!(d.stats().idle_timeouts, 1);

@@ -61,8 +61,9 @@
 //! - **Quiet sockets cost their record**: a socket that holds nothing (no data queued either
 //!   way, no send or connect in flight) keeps only a 64-byte record (72 with its slot in the
 //!   driver's table) and its receive request; its queues live in a box made when data moves
-//!   and dropped when it is quiet again ([`DriverStats::busy_sockets`] counts those that have
-//!   one).
+//!   and given back when it is quiet again (up to 64 are kept per thread for reuse, so that
+//!   request/response traffic does not allocate per message; [`DriverStats::busy_sockets`]
+//!   counts the sockets that have one).
 
 use std::collections::VecDeque;
 use std::io;

@@ -2,6 +2,7 @@
 //! receive queue), the chunks queued to send, and where its requests stand. The slab of
 //! sockets names each by slot and generation, so a closed socket's handle stays dead.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
 use std::num::NonZeroU64;
@@ -87,6 +88,17 @@ pub(super) struct Socket {
     pub(super) io: Option<Box<Io>>,
 }
 
+thread_local! {
+    /// Quiet sockets' queue boxes, kept for the next socket that moves data: a request/response
+    /// connection would otherwise allocate and free its queues for every message. Per thread,
+    /// because a driver stays on its thread; at most `SPARES` (a few KiB in all).
+    // Boxes, not values: the allocations themselves are what is kept for reuse.
+    #[allow(clippy::vec_box)]
+    static SPARE_IO: RefCell<Vec<Box<Io>>> = const { RefCell::new(Vec::new()) };
+}
+const SPARES: usize = 64;
+const SPARE_QUEUE: usize = 8;
+
 /// What a socket holds while data moves; dropped (see [`Socket::trim`]) when all is empty.
 #[derive(Default)]
 pub(super) struct Io {
@@ -142,17 +154,33 @@ impl Socket {
         }
     }
 
-    /// The socket's queues, made if it has none.
+    /// The socket's queues, made if it has none (from the thread's spares if it has one).
     pub(super) fn io(&mut self) -> &mut Io {
-        self.io.get_or_insert_with(Box::default)
+        self.io.get_or_insert_with(|| {
+            SPARE_IO
+                .try_with(|s| s.borrow_mut().pop())
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        })
     }
 
     /// Drops the queues once nothing is in them and no send or connect is in flight: a quiet
-    /// connection keeps only its record.
+    /// connection keeps only its record. The box goes to the thread's spares.
     pub(super) fn trim(&mut self) {
-        if self.io.as_ref().is_some_and(|io| io.quiet()) {
-            self.io = None;
+        if !self.io.as_ref().is_some_and(|io| io.quiet()) {
+            return;
         }
+        let Some(mut io) = self.io.take() else { return };
+        // Spares keep little: room for a few chunks each way, and the sendmsg header.
+        io.rx.shrink_to(SPARE_QUEUE);
+        io.tx.shrink_to(SPARE_QUEUE);
+        let _ = SPARE_IO.try_with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < SPARES {
+                s.push(io);
+            }
+        });
     }
 
     pub(super) fn rx_bytes(&self) -> usize {
