@@ -91,7 +91,8 @@ pub(super) struct Socket {
 thread_local! {
     /// Quiet sockets' queue boxes, kept for the next socket that moves data: a request/response
     /// connection would otherwise allocate and free its queues for every message. Per thread,
-    /// because a driver stays on its thread; at most `SPARES` (a few KiB in all).
+    /// because a driver stays on its thread; at most `SPARES`, each with room for
+    /// `SPARE_QUEUE` chunks each way (under 64 KiB in all).
     // Boxes, not values: the allocations themselves are what is kept for reuse.
     #[allow(clippy::vec_box)]
     static SPARE_IO: RefCell<Vec<Box<Io>>> = const { RefCell::new(Vec::new()) };
@@ -172,9 +173,11 @@ impl Socket {
             return;
         }
         let Some(mut io) = self.io.take() else { return };
-        // Spares keep little: room for a few chunks each way, and the sendmsg header.
+        // Spares keep little: room for a few chunks each way, no sendmsg header (1 KiB; a
+        // socket sending batches is rarely quiet between them).
         io.rx.shrink_to(SPARE_QUEUE);
         io.tx.shrink_to(SPARE_QUEUE);
+        io.batch = None;
         let _ = SPARE_IO.try_with(|s| {
             let mut s = s.borrow_mut();
             if s.len() < SPARES {
@@ -274,5 +277,12 @@ mod tests {
             std::mem::size_of::<Socket>()
         );
         assert!(std::mem::size_of::<Option<Socket>>() <= 64);
+    }
+
+    /// The spare queue boxes a thread keeps stay under 64 KiB.
+    #[test]
+    fn spares_stay_small() {
+        let each = std::mem::size_of::<Io>() + 2 * SPARE_QUEUE * std::mem::size_of::<Chunk>();
+        assert!(SPARES * each < 64 * 1024, "{SPARES} x {each} bytes");
     }
 }
