@@ -220,6 +220,7 @@ impl DriverBuilder {
             window_start: Instant::now(),
             now: Instant::now(),
             epoch: Instant::now(),
+            recvs: 0,
             next_idle_check: None,
             idle_sockets: 0,
             accept_retry: None,

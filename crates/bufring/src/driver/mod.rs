@@ -91,7 +91,7 @@ mod send;
 mod socket;
 
 pub use builder::DriverBuilder;
-use ops::{nz, Op, Ops};
+use ops::{nz, parse_recv, recv_ud, Op, Ops};
 use policy::Elastic;
 use socket::{Batch, End, RecvState, Socket, MAX_IOV};
 
@@ -366,6 +366,8 @@ pub struct Driver {
     now: Instant,
     /// When the driver was built: sockets keep times as nanoseconds since then.
     epoch: Instant,
+    /// Receives in flight: their user_data names their socket, so they are not in `ops`.
+    recvs: usize,
     next_idle_check: Option<Instant>,
     /// Sockets with an idle timeout.
     idle_sockets: usize,
@@ -558,7 +560,7 @@ impl Driver {
 
     /// Requests in flight (receives, sends, accepts, timers, the driver's own eventfd read).
     pub fn in_flight(&self) -> usize {
-        self.ops.live()
+        self.ops.live() + self.recvs
     }
 
     /// The statistics of every pool, in [`PoolId`] order.

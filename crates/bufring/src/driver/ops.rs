@@ -18,13 +18,6 @@ pub(super) enum Op {
     },
     /// The linked timeout of a connect; the kernel reads the timespec.
     ConnectTimeout { _ts: Box<Timespec> },
-    /// A receive of socket `sock` from pool `pool`: multishot or not, with a byte limit or not.
-    Recv {
-        sock: u32,
-        pool: u32,
-        multishot: bool,
-        limited: bool,
-    },
     /// A send of the front of socket `sock`'s queue (the chunks stay in the queue, and the
     /// message header in the socket, until this completes).
     Send { sock: u32 },
@@ -91,8 +84,9 @@ impl Ops {
             return None;
         }
         let op = slot.op.take()?;
-        // Never 0, so that no user_data is 0 and a socket can keep one in 8 bytes.
-        slot.gen = slot.gen.wrapping_add(1).max(1);
+        // Never 0, so that no user_data is 0 and a socket can keep one in 8 bytes; below 2^31,
+        // so that no op's user_data looks like a receive's (`RECV_TAG`).
+        slot.gen = (slot.gen.wrapping_add(1) & GEN_MASK).max(1);
         self.free.push(idx);
         self.live -= 1;
         Some(op)
@@ -119,6 +113,45 @@ impl Ops {
     }
 }
 
+/// Op generations stay below 2^31: the top bit of a user_data marks a receive.
+const GEN_MASK: u32 = 0x7fff_ffff;
+
+/// A receive's user_data names its socket, not an op slot: one receive is in flight per
+/// connection, idle or not, and a slot each would cost 24 bytes per connection. The top bit
+/// marks it; then whether it is multishot and limited, a 5-bit count of the socket's receives
+/// (so that a completion of an earlier receive is told apart), the low 24 bits of the socket
+/// slot's generation, and the slot.
+pub(super) const RECV_TAG: u64 = 1 << 63;
+
+/// What a receive's user_data says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RecvUd {
+    pub(super) sock: u32,
+    pub(super) gen24: u32,
+    pub(super) multishot: bool,
+    pub(super) limited: bool,
+}
+
+/// The user_data of receive number `seq` (mod 32) of socket slot `sock` of generation `gen`.
+pub(super) fn recv_ud(sock: u32, gen: u32, seq: u8, multishot: bool, limited: bool) -> u64 {
+    RECV_TAG
+        | u64::from(multishot) << 62
+        | u64::from(limited) << 61
+        | u64::from(seq & 0x1f) << 56
+        | u64::from(gen & 0xff_ffff) << 32
+        | u64::from(sock)
+}
+
+/// The receive `ud` names, if it is a receive's.
+pub(super) fn parse_recv(ud: u64) -> Option<RecvUd> {
+    (ud & RECV_TAG != 0).then_some(RecvUd {
+        sock: ud as u32,
+        gen24: (ud >> 32) as u32 & 0xff_ffff,
+        multishot: ud & 1 << 62 != 0,
+        limited: ud & 1 << 61 != 0,
+    })
+}
+
 /// A user_data as the socket keeps it: [`Ops::insert`] never returns 0 (generations start at 1).
 pub(super) fn nz(ud: u64) -> NonZeroU64 {
     NonZeroU64::new(ud).expect("user_data is never 0: generations start at 1")
@@ -126,4 +159,45 @@ pub(super) fn nz(ud: u64) -> NonZeroU64 {
 
 pub(super) fn timespec(d: std::time::Duration) -> Box<Timespec> {
     Box::new(Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A receive's user_data says what it was made from, and no op's looks like one (nor is 0),
+    /// however often a slot is reused.
+    #[test]
+    fn receive_and_op_user_data_never_meet() {
+        for (sock, gen, seq, m, l) in [
+            (0, 0, 0, false, false),
+            (u32::MAX, u32::MAX, 255, true, true),
+            (7, 0x1234_5678, 33, true, false),
+        ] {
+            let ud = recv_ud(sock, gen, seq, m, l);
+            assert_eq!(
+                parse_recv(ud),
+                Some(RecvUd {
+                    sock,
+                    gen24: gen & 0xff_ffff,
+                    multishot: m,
+                    limited: l
+                })
+            );
+        }
+        let mut ops = Ops::default();
+        for _ in 0..3 {
+            let ud = ops.insert(Op::Provide);
+            assert!(ud != 0 && parse_recv(ud).is_none());
+            ops.remove(ud);
+        }
+        // A slot reused past 2^31 generations: still no top bit, still not 0.
+        ops.slots[0].gen = GEN_MASK;
+        let ud = ops.insert(Op::Provide);
+        assert!(parse_recv(ud).is_none());
+        ops.remove(ud);
+        let ud = ops.insert(Op::Provide);
+        assert_eq!(ud >> 32, 1, "wrapped to 1, not 0");
+        assert!(parse_recv(u64::MAX).is_some() && parse_recv(0).is_none());
+    }
 }

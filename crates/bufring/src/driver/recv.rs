@@ -168,13 +168,12 @@ impl Driver {
             (false, false) if bundles => (p.recv_multishot_bundle(fd), true, false),
             (false, false) => (p.recv_multishot(fd), true, false),
         };
-        let ud = self.ops.insert(Op::Recv {
-            sock: idx,
-            pool: pool as u32,
-            multishot,
-            limited,
-        });
-        self.at(idx).recv_op = Some(nz(ud));
+        let gen = self.sockets[idx as usize].gen;
+        let sock = self.at(idx);
+        sock.recv_seq = sock.recv_seq.wrapping_add(1);
+        let ud = recv_ud(idx, gen, sock.recv_seq, multishot, limited);
+        sock.recv_op = Some(nz(ud));
+        self.recvs += 1;
         // SAFETY: the pool lives as long as the driver, whose drop waits for every request (or
         // leaks the pool); the fd stays open until the socket's requests have ended.
         unsafe { self.push(e.user_data(ud)) };
@@ -194,12 +193,10 @@ impl Driver {
             return;
         }
         if !more {
-            self.ops.remove(ud);
+            self.recvs -= 1;
             let sock = self.at(idx);
             sock.inflight -= 1;
-            if sock.recv_op == Some(nz(ud)) {
-                sock.recv_op = None;
-            }
+            sock.recv_op = None;
         }
         let (quota, now) = (self.quota(pool), self.stamp(self.now));
         let sock = self.at(idx);

@@ -263,20 +263,28 @@ impl Driver {
 
     pub(super) fn dispatch(&mut self, ud: u64, res: i32, flags: u32) {
         let more = Cqe::new(res, flags).more();
+        if let Some(r) = parse_recv(ud) {
+            // Only the receive in flight on a live socket of that generation: anything else
+            // (an ended receive, a closed socket's, a forged one) is stray.
+            let live = self.sockets.get(r.sock as usize).and_then(|slot| {
+                let sock = slot.sock.as_ref()?;
+                let ok = slot.gen & 0xff_ffff == r.gen24 && sock.recv_op == Some(nz(ud));
+                ok.then_some(sock.pool as usize)
+            });
+            match live {
+                Some(pool) => {
+                    let how = (r.multishot, r.limited);
+                    self.on_recv(ud, r.sock, pool, how, Cqe::new(res, flags));
+                }
+                None => self.stats.stray += 1,
+            }
+            return;
+        }
         let Some(op) = self.ops.get(ud) else {
             self.stats.stray += 1;
             return;
         };
         match *op {
-            Op::Recv {
-                sock,
-                pool,
-                multishot,
-                limited,
-            } => {
-                let how = (multishot, limited);
-                self.on_recv(ud, sock, pool as usize, how, Cqe::new(res, flags));
-            }
             Op::Accept { listener } => self.on_accept(ud, listener as usize, res, more),
             Op::Send { sock } => {
                 self.ops.remove(ud);
@@ -350,15 +358,24 @@ impl Drop for Driver {
     fn drop(&mut self) {
         // Cancel everything and wait (bounded) for the last completions, so that no memory the
         // kernel may still use is freed.
-        let live: Vec<u64> = self.ops.user_data().collect();
+        let receives = self
+            .sockets
+            .iter()
+            .filter_map(|slot| slot.sock.as_ref()?.recv_op);
+        let live: Vec<u64> = self
+            .ops
+            .user_data()
+            .chain(receives.map(std::num::NonZeroU64::get))
+            .collect();
         for ud in live {
             let e = opcode::AsyncCancel::new(ud).build();
-            // Cancels carry the reserved user_data u64::MAX: they name no op.
+            // Cancels carry user_data 0, which names nothing (op generations start at 1, and
+            // a receive's has its top bit set).
             // SAFETY: a cancel points at nothing.
-            unsafe { self.push(e.user_data(u64::MAX)) };
+            unsafe { self.push(e.user_data(0)) };
         }
         let deadline = Instant::now() + Duration::from_secs(2);
-        while self.ops.live() > 0 && Instant::now() < deadline {
+        while self.in_flight() > 0 && Instant::now() < deadline {
             if self.submit(Some(Duration::from_millis(50))).is_err() {
                 break;
             }
@@ -368,14 +385,28 @@ impl Drop for Driver {
                 .map(|c| (c.user_data(), Cqe::new(c.result(), c.flags()).more()))
                 .collect();
             for (ud, more) in cqes {
-                if !more {
-                    self.ops.remove(ud);
+                if more {
+                    continue;
+                }
+                match parse_recv(ud) {
+                    Some(r) => {
+                        // The last completion of a receive in flight (not a stray one).
+                        let slot = self.sockets.get_mut(r.sock as usize);
+                        let sock = slot.and_then(|slot| slot.sock.as_mut());
+                        if let Some(sock) = sock.filter(|s| s.recv_op == Some(nz(ud))) {
+                            sock.recv_op = None;
+                            self.recvs -= 1;
+                        }
+                    }
+                    None => {
+                        self.ops.remove(ud);
+                    }
                 }
             }
             self.flush_backlog();
         }
         // Legacy pools: take back what the kernel holds, so that their memory can go.
-        if self.ops.live() == 0 {
+        if self.in_flight() == 0 {
             for pi in 0..self.pools.len() {
                 if let Some(e) = self.pools[pi].pool.remove_buffers() {
                     let ud = self.ops.insert(Op::RemoveBuffers { pool: pi });
@@ -399,7 +430,7 @@ impl Drop for Driver {
                 }
             }
         }
-        if self.ops.live() > 0 {
+        if self.in_flight() > 0 {
             // Some request would not end: the kernel may still use what it points at. Keep all
             // of it (ops, sockets and their chunks, pools) mapped for good.
             let mut bytes = 0usize;

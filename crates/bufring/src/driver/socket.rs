@@ -56,6 +56,8 @@ pub(super) struct Socket {
     /// The kernel's send queue at the last idle check (`u32::MAX` after a send completed).
     pub(super) idle_outq: u32,
     pub(super) recv: RecvState,
+    /// Receives armed so far (mod 32 in their user_data).
+    pub(super) recv_seq: u8,
     /// The stream ended (end of file or an error arrived): no more receives.
     pub(super) ended: bool,
     /// A `Readable` event was sent and the queue has not been emptied since.
@@ -78,7 +80,7 @@ pub(super) struct Socket {
     pub(super) connecting: bool,
     /// An `Idle` event was sent and no data moved since.
     pub(super) idle_signalled: bool,
-    /// The user_data of its receive in flight.
+    /// The user_data of its receive in flight (`ops::recv_ud`: it names the socket, no op).
     pub(super) recv_op: Option<NonZeroU64>,
     /// The error watch while the receive is stopped at its quota.
     pub(super) watch_op: Option<NonZeroU64>,
@@ -138,6 +140,7 @@ impl Socket {
             idle_ms: 0,
             idle_outq: u32::MAX,
             recv: RecvState::Off,
+            recv_seq: 0,
             ended: false,
             signalled: false,
             throttled: false,
