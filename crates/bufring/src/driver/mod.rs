@@ -60,7 +60,8 @@
 //!   thread wakes the driver (an eventfd the ring reads); when nobody waits it costs nothing.
 //! - **Quiet sockets cost their record**: a socket that holds nothing (no data queued either
 //!   way, no send or connect in flight) keeps only a 64-byte record (72 with its slot in the
-//!   driver's table) and its receive request; its queues live in a box made when data moves
+//!   driver's table; its receive's user_data names the socket, so the receive in flight
+//!   needs no record of its own); its queues live in a box made when data moves
 //!   and given back when it is quiet again (up to 64 are kept per thread for reuse, so that
 //!   request/response traffic does not allocate per message; [`DriverStats::busy_sockets`]
 //!   counts the sockets that have one).
