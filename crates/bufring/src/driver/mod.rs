@@ -92,7 +92,7 @@ mod send;
 mod socket;
 
 pub use builder::DriverBuilder;
-use ops::{nz, parse_recv, recv_ud, Op, Ops};
+use ops::{nz, parse_recv, recv_ud, Op, Ops, RecvUd};
 use policy::Elastic;
 use socket::{Batch, End, RecvState, Socket, MAX_IOV};
 

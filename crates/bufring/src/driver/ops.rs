@@ -127,7 +127,6 @@ pub(super) const RECV_TAG: u64 = 1 << 63;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct RecvUd {
     pub(super) sock: u32,
-    pub(super) gen24: u32,
     pub(super) multishot: bool,
     pub(super) limited: bool,
 }
@@ -146,7 +145,6 @@ pub(super) fn recv_ud(sock: u32, gen: u32, seq: u8, multishot: bool, limited: bo
 pub(super) fn parse_recv(ud: u64) -> Option<RecvUd> {
     (ud & RECV_TAG != 0).then_some(RecvUd {
         sock: ud as u32,
-        gen24: (ud >> 32) as u32 & 0xff_ffff,
         multishot: ud & 1 << 62 != 0,
         limited: ud & 1 << 61 != 0,
     })
@@ -179,11 +177,13 @@ mod tests {
                 parse_recv(ud),
                 Some(RecvUd {
                     sock,
-                    gen24: gen & 0xff_ffff,
                     multishot: m,
                     limited: l
                 })
             );
+            // Another generation of the slot, or another receive of the socket: another name.
+            assert_ne!(ud, recv_ud(sock, gen.wrapping_add(1), seq, m, l));
+            assert_ne!(ud, recv_ud(sock, gen, seq.wrapping_add(1), m, l));
         }
         let mut ops = Ops::default();
         for _ in 0..3 {

@@ -274,6 +274,15 @@ impl Driver {
         }
     }
 
+    /// The pool of the receive in flight that `ud` names, if one is. A socket keeps the
+    /// user_data its receive was armed with, which carries the slot's generation and the
+    /// socket's count of receives then: an ended receive's, a closed socket's or a forged one
+    /// matches nothing (stray).
+    pub(super) fn receive_named(&self, r: RecvUd, ud: u64) -> Option<usize> {
+        let sock = self.sockets.get(r.sock as usize)?.sock.as_ref()?;
+        (sock.recv_op == Some(nz(ud))).then_some(sock.pool as usize)
+    }
+
     /// Watches the socket of a stopped receive for an error (POLLERR): a peer that resets
     /// while nobody reads would otherwise go unnoticed until the reader catches up. One poll
     /// per socket at most; it stays armed until the socket fails, hangs up or closes.

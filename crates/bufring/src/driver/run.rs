@@ -264,14 +264,7 @@ impl Driver {
     pub(super) fn dispatch(&mut self, ud: u64, res: i32, flags: u32) {
         let more = Cqe::new(res, flags).more();
         if let Some(r) = parse_recv(ud) {
-            // Only the receive in flight on a live socket of that generation: anything else
-            // (an ended receive, a closed socket's, a forged one) is stray.
-            let live = self.sockets.get(r.sock as usize).and_then(|slot| {
-                let sock = slot.sock.as_ref()?;
-                let ok = slot.gen & 0xff_ffff == r.gen24 && sock.recv_op == Some(nz(ud));
-                ok.then_some(sock.pool as usize)
-            });
-            match live {
+            match self.receive_named(r, ud) {
                 Some(pool) => {
                     let how = (r.multishot, r.limited);
                     self.on_recv(ud, r.sock, pool, how, Cqe::new(res, flags));
@@ -391,10 +384,8 @@ impl Drop for Driver {
                 match parse_recv(ud) {
                     Some(r) => {
                         // The last completion of a receive in flight (not a stray one).
-                        let slot = self.sockets.get_mut(r.sock as usize);
-                        let sock = slot.and_then(|slot| slot.sock.as_mut());
-                        if let Some(sock) = sock.filter(|s| s.recv_op == Some(nz(ud))) {
-                            sock.recv_op = None;
+                        if self.receive_named(r, ud).is_some() {
+                            self.at(r.sock).recv_op = None;
                             self.recvs -= 1;
                         }
                     }
