@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use bufring_tokio::{Builder, Uring};
-use common::{fill, next, pair, Checker, LIMIT};
+use common::{expect_ended_by_driver, fill, next, pair, Checker, LIMIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep, timeout, Instant};
 
@@ -159,25 +159,8 @@ async fn outlives() {
         sleep(Duration::from_millis(5)).await;
     }
     drop(uring); // joins the driver thread
-    let mut got = Vec::new();
-    let err = loop {
-        match next(&mut s).await {
-            Some(Ok(c)) => got.extend_from_slice(&c),
-            Some(Err(e)) => break e,
-            None => panic!("the end without the error"),
-        }
-    };
-    assert_eq!(got, b"before");
-    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted);
-    assert!(next(&mut s).await.is_none());
-    assert!(s.send_bytes(b"x".to_vec()).await.is_err());
-    // The driver closed the socket when it stopped.
-    let mut buf = [0u8; 8];
-    let n = timeout(Duration::from_secs(10), peer.read(&mut buf))
-        .await
-        .expect("the peer sees the close")
-        .unwrap_or(0);
-    assert_eq!(n, 0);
+                 // The driver closed the socket when it stopped.
+    expect_ended_by_driver(&mut s, &mut peer, b"before").await;
     drop(s);
     assert_eq!(bufring::leaks(), leaks);
 }

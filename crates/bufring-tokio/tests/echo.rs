@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use bufring_tokio::{Builder, Uring};
-use common::{echo_client, LIMIT};
+use common::{echo_client, echo_stream, LIMIT};
 use tokio::net::TcpListener;
 
 const CONNS: u64 = 64;
@@ -18,17 +18,8 @@ async fn server(uring: Uring, listener: TcpListener) -> Vec<tokio::task::JoinHan
     let mut tasks = Vec::new();
     for _ in 0..CONNS {
         let (tcp, _) = listener.accept().await.unwrap();
-        let mut stream = uring.recv_stream(tcp).unwrap();
-        tasks.push(tokio::spawn(async move {
-            let mut echoed = 0u64;
-            while let Some(item) = stream.recv().await {
-                let chunk = item.expect("no receive error in an echo");
-                echoed += chunk.len() as u64;
-                stream.send(chunk).await.unwrap();
-            }
-            // End of stream: dropping the stream closes the socket once the echo has gone.
-            echoed
-        }));
+        let stream = uring.recv_stream(tcp).unwrap();
+        tasks.push(tokio::spawn(echo_stream(stream)));
     }
     tasks
 }

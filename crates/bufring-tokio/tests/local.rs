@@ -10,7 +10,9 @@ use std::io::ErrorKind;
 use std::time::Duration;
 
 use bufring_tokio::Builder;
-use common::{echo_client, fill, local_uring, next, pair, Checker, LIMIT};
+use common::{
+    echo_client, echo_stream, expect_ended_by_driver, fill, local_uring, next, pair, Checker, LIMIT,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::LocalSet;
@@ -63,16 +65,8 @@ fn echo_64(builder: Builder) {
             let mut servers = Vec::new();
             for _ in 0..CONNS {
                 let (tcp, _) = listener.accept().await.unwrap();
-                let mut stream = uring.recv_stream(tcp).unwrap();
-                servers.push(tokio::task::spawn_local(async move {
-                    let mut echoed = 0u64;
-                    while let Some(item) = stream.recv().await {
-                        let chunk = item.expect("no receive error in an echo");
-                        echoed += chunk.len() as u64;
-                        stream.send(chunk).await.unwrap();
-                    }
-                    echoed
-                }));
+                let stream = uring.recv_stream(tcp).unwrap();
+                servers.push(tokio::task::spawn_local(echo_stream(stream)));
             }
             for c in clients {
                 assert_eq!(c.await.unwrap(), BYTES as u64, "a client got all its echo");
@@ -175,26 +169,7 @@ fn dropping_the_driver_task_ends_the_streams() {
         return;
     };
     drop(local); // drops the driver task
-    rt.block_on(async {
-        let mut got = Vec::new();
-        let err = loop {
-            match timeout(LIMIT, next(&mut s)).await.unwrap() {
-                Some(Ok(c)) => got.extend_from_slice(&c),
-                Some(Err(e)) => break e,
-                None => panic!("the end without the error"),
-            }
-        };
-        assert_eq!(got, b"before");
-        assert_eq!(err.kind(), ErrorKind::ConnectionAborted);
-        assert!(next(&mut s).await.is_none());
-        assert!(s.send_bytes(b"x".to_vec()).await.is_err());
-        let mut buf = [0u8; 8];
-        let n = timeout(Duration::from_secs(10), peer.read(&mut buf))
-            .await
-            .expect("the peer sees the close")
-            .unwrap_or(0);
-        assert_eq!(n, 0);
-    });
+    rt.block_on(expect_ended_by_driver(&mut s, &mut peer, b"before"));
     drop(s);
     drop(uring);
     assert_eq!(bufring::leaks(), leaks, "nothing leaked");

@@ -157,3 +157,44 @@ pub async fn echo_client(addr: std::net::SocketAddr, seed: u64, bytes: usize) ->
     let ((), got) = tokio::join!(writer, reader);
     got
 }
+
+/// The server side of an echo: sends every chunk back through the driver (no copy) until the
+/// end of stream; returns the bytes echoed. Dropping the stream then closes the socket once
+/// the echo has gone.
+pub async fn echo_stream(mut stream: bufring_tokio::RecvStream) -> u64 {
+    let mut echoed = 0u64;
+    while let Some(item) = stream.recv().await {
+        let chunk = item.expect("no receive error in an echo");
+        echoed += chunk.len() as u64;
+        stream.send(chunk).await.unwrap();
+    }
+    echoed
+}
+
+/// A stream whose driver stopped (with `before` received and unread): yields what was
+/// received, an error item (ConnectionAborted), then the end; sends fail; the peer sees the
+/// socket closed.
+pub async fn expect_ended_by_driver(
+    s: &mut bufring_tokio::RecvStream,
+    peer: &mut TcpStream,
+    before: &[u8],
+) {
+    let mut got = Vec::new();
+    let err = loop {
+        match tokio::time::timeout(LIMIT, next(s)).await.unwrap() {
+            Some(Ok(c)) => got.extend_from_slice(&c),
+            Some(Err(e)) => break e,
+            None => panic!("the end without the error"),
+        }
+    };
+    assert_eq!(got, before);
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+    assert!(next(s).await.is_none());
+    assert!(s.send_bytes(b"x".to_vec()).await.is_err());
+    let mut buf = [0u8; 8];
+    let n = tokio::time::timeout(Duration::from_secs(10), peer.read(&mut buf))
+        .await
+        .expect("the peer sees the close")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}
