@@ -143,18 +143,26 @@ impl LocalDriver {
                 self.finish(stopped());
                 return Poll::Ready(Ok(()));
             }
-            if let Err(e) = core.driver.poll() {
-                let e = to_io(e);
-                let out = io::Error::new(e.kind(), e.to_string());
-                self.finish(e);
-                return Poll::Ready(Err(out));
-            }
+            // One batch: if the kernel may have more, this task comes back for it (below), so
+            // the readiness fd need not be signalled for it.
+            let more = match core.driver.poll_batch() {
+                Ok(more) => more,
+                Err(e) => {
+                    let e = to_io(e);
+                    let out = io::Error::new(e.kind(), e.to_string());
+                    self.finish(e);
+                    return Poll::Ready(Err(out));
+                }
+            };
             if core.events() > 0 {
                 // The batch woke the tasks it fed: let them run (and drop their chunks, giving
                 // buffers back) before the next batch, rather than filling their queues further
                 // while they wait. Re-queued behind them.
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
+            }
+            if more {
+                continue;
             }
             let wait = [core.spill_idle(), core.driver.next_timeout(), core.max_wait]
                 .into_iter()

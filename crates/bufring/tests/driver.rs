@@ -1290,6 +1290,155 @@ fn the_readiness_fd_polls_readable_for_a_runtime() {
     }
 }
 
+/// The readiness fd of a fresh driver with one pool (`count` buffers of 4 KiB), or `None`
+/// where the kernel has none (6.12; 6.1 when deferring: `Unsupported`).
+fn readiness_driver(count: usize) -> Option<(Driver, PoolId, i32)> {
+    let mut d = driver(Driver::builder())?;
+    let pool = d.add_pool(Pool::builder(0).count(count).buf_len(4096)).unwrap();
+    match d.readiness_fd() {
+        Ok(fd) => {
+            let fd = fd.as_raw_fd();
+            Some((d, pool, fd))
+        }
+        Err(Error::Unsupported { feature }) => {
+            eprintln!("no readiness fd on this kernel ({feature})");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Reads every socket's queue, counting bytes and checking each socket's byte pattern (`seq`:
+/// the next byte expected per socket).
+fn drain_into(d: &mut Driver, socks: &[SocketId], seq: &mut [u8], got: &mut usize) {
+    for (i, &s) in socks.iter().enumerate() {
+        while let Some(Received::Data(c)) = d.read(s).unwrap() {
+            for &b in c.iter() {
+                assert_eq!(b, seq[i], "socket {i}: bytes out of order");
+                seq[i] = seq[i].wrapping_add(1);
+            }
+            *got += c.len();
+        }
+    }
+    while d.next_event().is_some() {}
+}
+
+/// Proves `poll` leaves work it did not take signalled: data waiting on 64 sockets at once
+/// comes out over one or more polls (each takes one batch of completions, so that a runtime's
+/// tasks can give buffers back in between), and after every poll either everything has been
+/// delivered or the readiness fd polls readable at once, so a runtime that polls only when the
+/// fd is readable gets all of it.
+#[test]
+fn poll_leaves_what_it_did_not_take_signalled() {
+    let Some((mut d, pool, fd)) = readiness_driver(64) else {
+        return;
+    };
+    let mut peers = Vec::new();
+    let mut socks = Vec::new();
+    for _ in 0..64 {
+        let (a, b) = common::tcp_pair();
+        let s = d.socket(a);
+        d.recv(s, pool).unwrap();
+        socks.push(s);
+        peers.push(b);
+    }
+    d.poll().unwrap();
+    let msg: Vec<u8> = (0..100u8).collect();
+    for p in &mut peers {
+        p.write_all(&msg).unwrap();
+    }
+    let want = 64 * msg.len();
+    let (mut seq, mut got, mut polls) = (vec![0u8; 64], 0, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got < want {
+        assert!(Instant::now() < deadline, "{got} of {want} bytes after {polls} polls");
+        assert!(
+            poll_readable(fd, Duration::from_secs(3)),
+            "{got} of {want} bytes, and the readiness fd is quiet (after {polls} polls)"
+        );
+        d.poll().unwrap();
+        polls += 1;
+        drain_into(&mut d, &socks, &mut seq, &mut got);
+    }
+    eprintln!("{want} bytes on 64 sockets in {polls} polls");
+    // A poll that brought completions cannot tell whether more wait, so it signals: a poll or
+    // two later (the driver's own requests complete too) one finds nothing, and the fd goes
+    // quiet rather than calling the runtime forever.
+    let mut quiet_after = None;
+    for extra in 0..8 {
+        if !poll_readable(fd, Duration::from_millis(20)) {
+            quiet_after = Some(extra);
+            break;
+        }
+        d.poll().unwrap();
+    }
+    assert!(
+        quiet_after.is_some_and(|n| n <= 4),
+        "the fd stayed readable with nothing left ({quiet_after:?})"
+    );
+}
+
+/// Proves no wake-up is lost while `poll` runs (on deferred rings it turns the kernel's
+/// signals of the readiness fd off while it works and on again before its last look): a
+/// thread writes 4,000 small messages to 4 sockets at uneven moments, the test waits on the
+/// readiness fd as a runtime would and polls only when it is readable, and every byte arrives
+/// in order; a lost wake-up shows as a quiet fd with data outstanding.
+#[test]
+fn no_wake_up_is_lost_while_polling() {
+    let Some((mut d, pool, fd)) = readiness_driver(16) else {
+        return;
+    };
+    let mut peers = Vec::new();
+    let mut socks = Vec::new();
+    for _ in 0..4 {
+        let (a, b) = common::tcp_pair();
+        let s = d.socket(a);
+        d.recv(s, pool).unwrap();
+        socks.push(s);
+        peers.push(b);
+    }
+    d.poll().unwrap();
+    const MSGS: usize = 4000;
+    const LEN: usize = 50;
+    let writer = thread::spawn(move || {
+        let mut seq = [0u8; 4];
+        // A small LCG picks the socket and the pause: no two runs need to interleave alike.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..MSGS {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let i = (x >> 33) as usize % 4;
+            let msg: Vec<u8> = (0..LEN)
+                .map(|k| seq[i].wrapping_add(k as u8))
+                .collect();
+            seq[i] = seq[i].wrapping_add(LEN as u8);
+            peers[i].write_all(&msg).unwrap();
+            match (x >> 40) % 8 {
+                0 => thread::sleep(Duration::from_micros(200)),
+                1..=3 => thread::yield_now(),
+                _ => {}
+            }
+        }
+        peers
+    });
+    let want = MSGS * LEN;
+    let (mut seq, mut got) = (vec![0u8; 4], 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got < want {
+        assert!(Instant::now() < deadline, "{got} of {want} bytes in 30 s");
+        if !poll_readable(fd, Duration::from_secs(3)) {
+            // Quiet for 3 s: the writer is long done, so anything still in the kernel is a
+            // wake-up the fd never gave.
+            d.poll().unwrap();
+            let before = got;
+            drain_into(&mut d, &socks, &mut seq, &mut got);
+            panic!("lost wake-up: {before} of {want} bytes, {} more were waiting", got - before);
+        }
+        d.poll().unwrap();
+        drain_into(&mut d, &socks, &mut seq, &mut got);
+    }
+    let _peers = writer.join().unwrap();
+}
+
 /// Proves `stop_recv` stops receiving without losing anything: data sent while stopped stays in
 /// the socket, what was queued stays readable, and `recv` picks up where it stopped, in order.
 #[test]

@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// io_uring_enter's flag that makes it run deferred task work and reap (uapi io_uring.h).
+const IORING_ENTER_GETEVENTS: u32 = 1;
+
 impl Driver {
     /// Fires [`Event::Timer`] after `after` (an io_uring timeout).
     pub fn timer(&mut self, after: Duration) -> TimerId {
@@ -48,16 +51,79 @@ impl Driver {
 
     /// [`run_once`](Self::run_once) without waiting: what a runtime calls when the
     /// [readiness fd](Self::readiness_fd) (or the [wake-up fd](Self::wake_fd)) is readable.
+    ///
+    /// It takes one batch of the kernel's work (with deferred task work, the kernel runs at
+    /// most 20 of its deferred items per enter), so that the runtime's tasks can take the
+    /// events and give their buffers back before the next batch is received into the pool.
+    /// If more may wait, it signals the readiness fd itself, so a runtime that polls only when
+    /// the fd is readable comes back for it. [`poll_batch`](Self::poll_batch) is the same
+    /// without that signal, for a caller that loops on its own.
+    ///
+    /// On a ring with deferred task work (the default) the kernel's signals of the readiness fd
+    /// are turned off while this runs (IORING_CQ_EVENTFD_DISABLED): the completions the steps
+    /// themselves cause (a send made inline, say) would otherwise each signal the fd and wake
+    /// the runtime's reactor and then the driver's task for nothing. They are turned on again
+    /// before the last look at the rings, so work that comes after it signals the fd.
     pub fn poll(&mut self) -> Result<()> {
-        loop {
+        if self.poll_batch()? {
+            self.signal_readiness();
+        }
+        Ok(())
+    }
+
+    /// [`poll`](Self::poll) without signalling the readiness fd for what it leaves: true if
+    /// more work may wait (call it again, after the events), false if the kernel had nothing
+    /// more (the readiness fd signals new work).
+    ///
+    /// "May": the kernel does not show whether deferred items are left after an enter (it
+    /// clears IORING_SQ_TASKRUN before it runs them and keeps the rest unflagged), so a step
+    /// that brought completions counts as "more". A step that brings none after running 20
+    /// deferred items that completed nothing would hide the rest until the next signal.
+    pub fn poll_batch(&mut self) -> Result<bool> {
+        // With deferred task work every completion is posted by this thread inside an enter;
+        // other threads only add task work, and the first addition to an empty list raises
+        // IORING_SQ_TASKRUN, then reads whether signals are off. This side turns signals on,
+        // fences, then reads the flag. Both sides write, fence, read (on x86-64 the kernel's
+        // `lock or` is a full fence), so either the last look sees the flag or the kernel
+        // sees signals on: no wake-up is lost. Elsewhere the kernel's `atomic_or` is not a
+        // fence, and without deferred task work other contexts post completions with no
+        // fence before the read: there the signals stay on.
+        let quiet = cfg!(target_arch = "x86_64") && self.ready.is_some() && self.deferred;
+        if quiet {
+            self.ring.completion().disable_eventfd();
+            // The count signalled while the driver slept; no signal comes until the turn-on.
+            self.clear_readiness();
+        }
+        let r = self.poll_steps(quiet);
+        if r.is_err() {
+            // A runtime must go on hearing of work whatever happened here.
+            self.ring.completion().enable_eventfd();
+        }
+        r
+    }
+
+    /// Non-blocking steps until one brings events (true: more may wait), or a last look after
+    /// a step that reaped nothing finds no completion, no deferred work and no overflow
+    /// (false). `quiet`: the readiness signals are off, and turned on for the last look.
+    fn poll_steps(&mut self, quiet: bool) -> Result<bool> {
+        // Steps that reap completions but make no events (the driver's own requests) go round
+        // again, a few times at most.
+        for _ in 0..8 {
+            let before = self.stats.completions;
             self.run_once(Some(Duration::ZERO))?;
-            let Some(fd) = &self.ready else { return Ok(()) };
-            // Clear the readiness (some kernels signal it for every completion posted, ours
-            // included), then look again: work that came before the read is seen here, work
-            // that comes after signals the fd anew.
-            let mut word = 0u64;
-            // SAFETY: reads at most 8 bytes into a live u64 from an eventfd we own.
-            unsafe { libc::read(fd.as_raw_fd(), (&mut word as *mut u64).cast(), 8) };
+            let reaped = self.stats.completions != before;
+            if self.ready.is_none() {
+                return Ok(reaped || !self.events.is_empty());
+            }
+            if quiet {
+                self.ring.completion().enable_eventfd();
+                fence(Ordering::SeqCst);
+            } else {
+                // Clear the readiness (some kernels signal it for every completion posted,
+                // ours included), then look again: work that came before the read is seen
+                // here, work that comes after signals the fd anew.
+                self.clear_readiness();
+            }
             // Completions parked in the kernel's overflow list (a full completion queue)
             // signal nothing more: they come out at the next enter (`submit` asks for them
             // when the flag is up), so go round again while it is.
@@ -65,9 +131,37 @@ impl Driver {
                 let sq = self.ring.submission();
                 (sq.taskrun(), sq.cq_overflow())
             };
-            if self.ring.completion().is_empty() && !taskrun && !overflow {
-                return Ok(());
+            if !reaped && self.ring.completion().is_empty() && !taskrun && !overflow {
+                return Ok(false);
             }
+            if !self.events.is_empty() {
+                return Ok(true);
+            }
+            if quiet {
+                self.ring.completion().disable_eventfd();
+            }
+        }
+        if quiet {
+            self.ring.completion().enable_eventfd();
+        }
+        Ok(true)
+    }
+
+    /// Makes the readiness eventfd readable (work is left for the next `poll`).
+    fn signal_readiness(&self) {
+        if let Some(fd) = &self.ready {
+            let one = 1u64;
+            // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
+            unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    /// Takes the readiness eventfd's count (it reads readable again at the next signal).
+    fn clear_readiness(&self) {
+        if let Some(fd) = &self.ready {
+            let mut word = 0u64;
+            // SAFETY: reads at most 8 bytes into a live u64 from an eventfd we own.
+            unsafe { libc::read(fd.as_raw_fd(), (&mut word as *mut u64).cast(), 8) };
         }
     }
 
@@ -175,6 +269,17 @@ impl Driver {
                 let ts = Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
                 let args = SubmitArgs::new().timespec(&ts);
                 self.ring.submitter().submit_with_args(1, &args)
+            }
+            // An enter without GETEVENTS runs no deferred task work, and the kernel keeps what
+            // one enter left of it unflagged: so ask for events (none awaited) every time.
+            Some(_) if self.deferred => {
+                let len = self.ring.submission().len() as u32;
+                // SAFETY: no argument pointer; the flags ask for no wait and no timeout.
+                unsafe {
+                    self.ring
+                        .submitter()
+                        .enter::<libc::sigset_t>(len, 0, IORING_ENTER_GETEVENTS, None)
+                }
             }
             Some(_) => self.ring.submit(),
             None => self.ring.submit_and_wait(1),
