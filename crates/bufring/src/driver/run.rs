@@ -39,7 +39,8 @@ impl Driver {
     /// not at all if events are waiting), handles every completion there is, and applies the
     /// buffer policy. Then take the events with [`next_event`](Self::next_event).
     pub fn run_once(&mut self, timeout: Option<Duration>) -> Result<()> {
-        let wait = if self.events.is_empty() {
+        // A zero timeout is the earliest deadline there is: no clock read for it.
+        let wait = if self.events.is_empty() && timeout != Some(Duration::ZERO) {
             self.deadline(timeout)
         } else {
             Some(Duration::ZERO)
