@@ -1,8 +1,8 @@
 //! The in-runtime mode (`Builder::build_local`): the driver runs as a task on a `LocalSet`,
 //! woken by tokio's reactor through the driver's readiness fd. Verified echo on 64
 //! connections; a stream used from another runtime's thread; the driver task ends when the
-//! last `Uring` goes, ending the streams; dropping the driver task ends them too; a runtime
-//! without I/O is a typed error. Skipped (with a message) on kernels before 6.13.
+//! last `Uring` goes, ending the streams; dropping the driver task ends them too; a burst on
+//! 100 streams at once all arrives; a runtime without I/O is a typed error. Skipped (with a message) on kernels before 6.13.
 
 mod common;
 
@@ -173,6 +173,68 @@ fn dropping_the_driver_task_ends_the_streams() {
     drop(s);
     drop(uring);
     assert_eq!(bufring::leaks(), leaks, "nothing leaked");
+}
+
+/// A burst on 100 streams at once, then silence: every stream gets its message. The kernel
+/// runs at most 20 receives' deferred work per enter and hides the rest (no flag, no signal of
+/// the readiness fd), so the driver task must come back for the later batches on its own:
+/// nothing else will wake it here. (The driver-level tests `poll_leaves_what_it_did_not_take_
+/// signalled` and `no_wake_up_is_lost_while_polling` caught the lost wake-ups this guards
+/// against; this one passed before the fix too, so it is the end-to-end check, not the proof.)
+#[test]
+fn a_burst_on_many_streams_then_silence_all_arrives() {
+    const STREAMS: usize = 100;
+    let rt = current_thread();
+    let local = LocalSet::new();
+    local.block_on(&rt, async {
+        let Some((uring, driver)) = local_uring(Builder::default()) else {
+            return;
+        };
+        tokio::task::spawn_local(driver);
+        let mut peers = Vec::new();
+        let mut streams = Vec::new();
+        for _ in 0..STREAMS {
+            let (mine, peer) = pair().await;
+            streams.push(uring.recv_stream(mine).unwrap());
+            peers.push(peer);
+        }
+        // Commands are taken in order: once this is answered, every receive is armed.
+        assert_eq!(uring.stats().await.unwrap().streams, STREAMS);
+        // All at once, from this task: the driver task runs only after the last write.
+        for (i, p) in peers.iter_mut().enumerate() {
+            p.write_all(&fill(i as u64, 0, 100)).await.unwrap();
+        }
+        let readers: Vec<_> = streams
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut s)| {
+                tokio::task::spawn_local(async move {
+                    let mut got = Vec::new();
+                    while got.len() < 100 {
+                        match timeout(Duration::from_secs(10), next(&mut s)).await {
+                            Ok(Some(Ok(c))) => got.extend_from_slice(&c),
+                            Ok(other) => panic!("stream {i}: {other:?}"),
+                            Err(_) => return Err(got.len()),
+                        }
+                    }
+                    assert_eq!(got, fill(i as u64, 0, 100), "stream {i}'s bytes");
+                    Ok(s)
+                })
+            })
+            .collect();
+        let mut missing = Vec::new();
+        for (i, r) in readers.into_iter().enumerate() {
+            if let Err(n) = r.await.unwrap() {
+                missing.push((i, n));
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "{} of {STREAMS} streams got nothing more for 10 s: {missing:?}",
+            missing.len()
+        );
+        drop(peers);
+    });
 }
 
 /// `build_local` on a runtime without I/O (or outside any runtime) is a typed error.
