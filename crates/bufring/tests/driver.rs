@@ -1294,7 +1294,9 @@ fn the_readiness_fd_polls_readable_for_a_runtime() {
 /// where the kernel has none (6.12; 6.1 when deferring: `Unsupported`).
 fn readiness_driver(count: usize) -> Option<(Driver, PoolId, i32)> {
     let mut d = driver(Driver::builder())?;
-    let pool = d.add_pool(Pool::builder(0).count(count).buf_len(4096)).unwrap();
+    let pool = d
+        .add_pool(Pool::builder(0).count(count).buf_len(4096))
+        .unwrap();
     match d.readiness_fd() {
         Ok(fd) => {
             let fd = fd.as_raw_fd();
@@ -1351,7 +1353,10 @@ fn poll_leaves_what_it_did_not_take_signalled() {
     let (mut seq, mut got, mut polls) = (vec![0u8; 64], 0, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
     while got < want {
-        assert!(Instant::now() < deadline, "{got} of {want} bytes after {polls} polls");
+        assert!(
+            Instant::now() < deadline,
+            "{got} of {want} bytes after {polls} polls"
+        );
         assert!(
             poll_readable(fd, Duration::from_secs(3)),
             "{got} of {want} bytes, and the readiness fd is quiet (after {polls} polls)"
@@ -1407,9 +1412,7 @@ fn no_wake_up_is_lost_while_polling() {
         for _ in 0..MSGS {
             x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
             let i = (x >> 33) as usize % 4;
-            let msg: Vec<u8> = (0..LEN)
-                .map(|k| seq[i].wrapping_add(k as u8))
-                .collect();
+            let msg: Vec<u8> = (0..LEN).map(|k| seq[i].wrapping_add(k as u8)).collect();
             seq[i] = seq[i].wrapping_add(LEN as u8);
             peers[i].write_all(&msg).unwrap();
             match (x >> 40) % 8 {
@@ -1431,7 +1434,10 @@ fn no_wake_up_is_lost_while_polling() {
             d.poll().unwrap();
             let before = got;
             drain_into(&mut d, &socks, &mut seq, &mut got);
-            panic!("lost wake-up: {before} of {want} bytes, {} more were waiting", got - before);
+            panic!(
+                "lost wake-up: {before} of {want} bytes, {} more were waiting",
+                got - before
+            );
         }
         d.poll().unwrap();
         drain_into(&mut d, &socks, &mut seq, &mut got);

@@ -277,9 +277,12 @@ impl Driver {
                 let len = self.ring.submission().len() as u32;
                 // SAFETY: no argument pointer; the flags ask for no wait and no timeout.
                 unsafe {
-                    self.ring
-                        .submitter()
-                        .enter::<libc::sigset_t>(len, 0, IORING_ENTER_GETEVENTS, None)
+                    self.ring.submitter().enter::<libc::sigset_t>(
+                        len,
+                        0,
+                        IORING_ENTER_GETEVENTS,
+                        None,
+                    )
                 }
             }
             Some(_) => self.ring.submit(),
