@@ -1290,24 +1290,35 @@ fn the_readiness_fd_polls_readable_for_a_runtime() {
     }
 }
 
-/// The readiness fd of a fresh driver with one pool (`count` buffers of 4 KiB), or `None`
-/// where the kernel has none (6.12; 6.1 when deferring: `Unsupported`).
-fn readiness_driver(count: usize) -> Option<(Driver, PoolId, i32)> {
+/// A fresh driver with one pool (`count` buffers of 4 KiB), its readiness fd, and `conns`
+/// connected sockets receiving (the driver's sides, and the peers), polled once; or `None`
+/// where the kernel has no readiness fd (6.12; 6.1 when deferring: `Unsupported`).
+fn readiness_setup(
+    count: usize,
+    conns: usize,
+) -> Option<(Driver, i32, Vec<SocketId>, Vec<TcpStream>)> {
     let mut d = driver(Driver::builder())?;
     let pool = d
         .add_pool(Pool::builder(0).count(count).buf_len(4096))
         .unwrap();
-    match d.readiness_fd() {
-        Ok(fd) => {
-            let fd = fd.as_raw_fd();
-            Some((d, pool, fd))
-        }
+    let fd = match d.readiness_fd() {
+        Ok(fd) => fd.as_raw_fd(),
         Err(Error::Unsupported { feature }) => {
             eprintln!("no readiness fd on this kernel ({feature})");
-            None
+            return None;
         }
         Err(e) => panic!("{e}"),
+    };
+    let (mut socks, mut peers) = (Vec::new(), Vec::new());
+    for _ in 0..conns {
+        let (a, b) = common::tcp_pair();
+        let s = d.socket(a);
+        d.recv(s, pool).unwrap();
+        socks.push(s);
+        peers.push(b);
     }
+    d.poll().unwrap();
+    Some((d, fd, socks, peers))
 }
 
 /// Reads every socket's queue, counting bytes and checking each socket's byte pattern (`seq`:
@@ -1332,19 +1343,9 @@ fn drain_into(d: &mut Driver, socks: &[SocketId], seq: &mut [u8], got: &mut usiz
 /// fd is readable gets all of it.
 #[test]
 fn poll_leaves_what_it_did_not_take_signalled() {
-    let Some((mut d, pool, fd)) = readiness_driver(64) else {
+    let Some((mut d, fd, socks, mut peers)) = readiness_setup(64, 64) else {
         return;
     };
-    let mut peers = Vec::new();
-    let mut socks = Vec::new();
-    for _ in 0..64 {
-        let (a, b) = common::tcp_pair();
-        let s = d.socket(a);
-        d.recv(s, pool).unwrap();
-        socks.push(s);
-        peers.push(b);
-    }
-    d.poll().unwrap();
     let msg: Vec<u8> = (0..100u8).collect();
     for p in &mut peers {
         p.write_all(&msg).unwrap();
@@ -1390,19 +1391,9 @@ fn poll_leaves_what_it_did_not_take_signalled() {
 /// in order; a lost wake-up shows as a quiet fd with data outstanding.
 #[test]
 fn no_wake_up_is_lost_while_polling() {
-    let Some((mut d, pool, fd)) = readiness_driver(16) else {
+    let Some((mut d, fd, socks, mut peers)) = readiness_setup(16, 4) else {
         return;
     };
-    let mut peers = Vec::new();
-    let mut socks = Vec::new();
-    for _ in 0..4 {
-        let (a, b) = common::tcp_pair();
-        let s = d.socket(a);
-        d.recv(s, pool).unwrap();
-        socks.push(s);
-        peers.push(b);
-    }
-    d.poll().unwrap();
     const MSGS: usize = 4000;
     const LEN: usize = 50;
     let writer = thread::spawn(move || {
