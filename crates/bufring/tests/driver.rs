@@ -269,6 +269,77 @@ fn echo_server_on_a_bundle_pool() {
     assert!(s.bundles > 0, "no bundle completion: {s:?}");
 }
 
+/// Proves bundles go to bulk sockets only: on a pool built for bundles, small messages are
+/// received by single-buffer receives (bundles cost small messages), a bulk transfer switches
+/// the socket to bundle receives (and completions bring several buffers), and small messages
+/// after it switch it back. Every byte is checked.
+#[test]
+fn bundles_go_to_bulk_sockets_only() {
+    let Some(mut d) = driver(Driver::builder()) else {
+        return;
+    };
+    let pool = match d.add_pool(Pool::builder(0).count(64).buf_len(4096).bundles(true)) {
+        Ok(p) => p,
+        Err(Error::Unsupported { feature }) => {
+            eprintln!("SKIPPED: no bundles here ({feature})");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let (a, mut peer) = common::tcp_pair();
+    let s = d.socket(a);
+    d.recv(s, pool).unwrap();
+    let mut seq = 0u8;
+    // Sends `len` bytes of the running pattern and reads them back from the driver.
+    let mut round = |d: &mut Driver, len: usize| {
+        let msg: Vec<u8> = (0..len).map(|k| seq.wrapping_add(k as u8)).collect();
+        peer.write_all(&msg).unwrap();
+        wait_queued(d, s, len);
+        let mut got = Vec::new();
+        while let Some(Received::Data(c)) = d.read(s).unwrap() {
+            got.extend_from_slice(&c);
+        }
+        assert_eq!(got, msg, "bytes differ");
+        seq = seq.wrapping_add(len as u8);
+    };
+    for _ in 0..20 {
+        round(&mut d, 100);
+    }
+    let small = d.stats();
+    assert!(small.receives_armed >= 1);
+    assert_eq!(
+        small.bundle_receives, 0,
+        "small messages got bundles: {small:?}"
+    );
+    round(&mut d, 256 * 1024);
+    let bulk = d.stats();
+    assert!(
+        bulk.bundle_receives > 0,
+        "a bulk transfer got no bundles: {bulk:?}"
+    );
+    assert!(
+        d.pool_stats()[0].bundles > 0,
+        "no completion brought several buffers"
+    );
+    for _ in 0..20 {
+        round(&mut d, 100);
+    }
+    let after = d.stats();
+    assert!(
+        after.bundle_receives <= bulk.bundle_receives + 2,
+        "small messages after the bulk transfer kept getting bundles: {bulk:?} then {after:?}"
+    );
+    eprintln!(
+        "receives armed {} (bundles {}) after small messages, {} ({}) after the bulk transfer, {} ({}) at the end",
+        small.receives_armed,
+        small.bundle_receives,
+        bulk.receives_armed,
+        bulk.bundle_receives,
+        after.receives_armed,
+        after.bundle_receives
+    );
+}
+
 /// Proves a tiny pool (4 buffers of 4 KiB) cannot deadlock with traffic both ways: 8 clients
 /// upload and download 1 MiB each at once through an echo server whose clients read slowly,
 /// three runs, every byte checked. Spills move held chunks to the heap when the pool is dry,

@@ -51,7 +51,8 @@ pub struct Args {
     incremental: IncrementalArg,
     /// Multishot bundle receives (one completion hands over every buffer the data filled):
     /// `auto` uses them when the kernel has them (and, with kernel incremental consumption,
-    /// bundles on incremental rings).
+    /// bundles on incremental rings). The driver arms them only on sockets that receive big
+    /// pieces (bulk transfers); small messages are received one buffer per completion.
     #[arg(long, value_enum, default_value_t = Switch::Auto)]
     bundles: Switch,
     /// Bytes per buffer.

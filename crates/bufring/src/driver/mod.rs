@@ -65,6 +65,13 @@
 //!   and given back when it is quiet again (up to 64 are kept per thread for reuse, so that
 //!   request/response traffic does not allocate per message; [`DriverStats::busy_sockets`]
 //!   counts the sockets that have one).
+//! - **Bundles for bulk sockets**: on a pool built for bundles ([`PoolBuilder::bundles`]), a
+//!   socket's receives are armed as bundles once it receives a piece of at least 16 KiB (or a
+//!   whole buffer, if smaller), and as single-buffer receives again after a piece under an
+//!   eighth of that. Bundles pay off on bulk streams and cost small messages: a 1 KiB
+//!   request/response proxy used 12–29 % less CPU per request without them (6.18.44).
+//!
+//! [`PoolBuilder::bundles`]: crate::PoolBuilder::bundles
 
 use std::collections::VecDeque;
 use std::io;
@@ -264,6 +271,11 @@ pub struct DriverStats {
     /// Sockets holding queues now (data received and not read, data queued to send, a send or
     /// connect in flight). The rest cost only their record, 72 bytes: memory follows traffic.
     pub busy_sockets: u64,
+    /// Receives armed (a multishot receive counts once, however many completions it brings).
+    pub receives_armed: u64,
+    /// Of those, bundle receives: on a pool built for bundles, only sockets receiving big
+    /// pieces get them (see the module docs).
+    pub bundle_receives: u64,
 }
 
 /// Wakes a driver from any thread ([`Event::Woken`]). Cheap to clone.

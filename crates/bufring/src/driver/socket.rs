@@ -48,7 +48,7 @@ pub(super) struct Batch {
 pub(super) struct Socket {
     pub(super) fd: Option<OwnedFd>,
     /// The pool receives select from.
-    pub(super) pool: u32,
+    pub(super) pool: u16,
     /// Requests in flight that name this socket; the slot is freed at zero once closing.
     pub(super) inflight: u32,
     /// The idle timeout in milliseconds (0: none).
@@ -80,6 +80,10 @@ pub(super) struct Socket {
     pub(super) connecting: bool,
     /// An `Idle` event was sent and no data moved since.
     pub(super) idle_signalled: bool,
+    /// Its receives bring big pieces (a bulk transfer): on a pool built for bundles, they are
+    /// armed as bundles. Small messages are received one buffer per completion, which costs
+    /// less (see `Driver::note_piece`).
+    pub(super) bulk: bool,
     /// The user_data of its receive in flight (`ops::recv_ud`: it names the socket, no op).
     pub(super) recv_op: Option<NonZeroU64>,
     /// The error watch while the receive is stopped at its quota.
@@ -151,6 +155,7 @@ impl Socket {
             release: false,
             connecting: false,
             idle_signalled: false,
+            bulk: false,
             recv_op: None,
             watch_op: None,
             active: now,
