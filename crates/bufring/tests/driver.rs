@@ -237,20 +237,26 @@ fn echo_server_on_legacy_provided_buffers() {
     );
 }
 
+/// A driver with a pool built for bundles (64 buffers of 4 KiB), or `None` (and a message)
+/// where the kernel has no bundles or refuses io_uring.
+fn bundle_driver() -> Option<(Driver, PoolId)> {
+    let mut d = driver(Driver::builder())?;
+    match d.add_pool(Pool::builder(0).count(64).buf_len(4096).bundles(true)) {
+        Ok(p) => Some((d, p)),
+        Err(Error::Unsupported { feature }) => {
+            eprintln!("SKIPPED: no bundles here ({feature})");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// Proves a pool built for bundles serves the driver's receives as bundles (one completion,
 /// several buffers, every chunk queued in order): 8 clients echo 512 KiB each, checked.
 #[test]
 fn echo_server_on_a_bundle_pool() {
-    let Some(mut d) = driver(Driver::builder()) else {
+    let Some((mut d, pool)) = bundle_driver() else {
         return;
-    };
-    let pool = match d.add_pool(Pool::builder(0).count(64).buf_len(4096).bundles(true)) {
-        Ok(p) => p,
-        Err(Error::Unsupported { feature }) => {
-            eprintln!("SKIPPED: no bundles here ({feature})");
-            return;
-        }
-        Err(e) => panic!("{e}"),
     };
     let addr = listen(&mut d);
     let clients = (0..8)
@@ -275,16 +281,8 @@ fn echo_server_on_a_bundle_pool() {
 /// after it switch it back. Every byte is checked.
 #[test]
 fn bundles_go_to_bulk_sockets_only() {
-    let Some(mut d) = driver(Driver::builder()) else {
+    let Some((mut d, pool)) = bundle_driver() else {
         return;
-    };
-    let pool = match d.add_pool(Pool::builder(0).count(64).buf_len(4096).bundles(true)) {
-        Ok(p) => p,
-        Err(Error::Unsupported { feature }) => {
-            eprintln!("SKIPPED: no bundles here ({feature})");
-            return;
-        }
-        Err(e) => panic!("{e}"),
     };
     let (a, mut peer) = common::tcp_pair();
     let s = d.socket(a);
