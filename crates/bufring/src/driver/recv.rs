@@ -36,6 +36,9 @@ impl Driver {
         }
         // At most 65,536 pools: each has its own buffer group id (u16) in the ring.
         sock.pool = pool.0 as u16;
+        if self.pools[pool.0].recvmsg.is_some() {
+            self.at(idx).datagram = true;
+        }
         self.pools[pool.0].receivers += 1;
         let sock = self.at(idx);
         if sock.recv_op.is_some() {
@@ -100,6 +103,41 @@ impl Driver {
         })
     }
 
+    /// Takes the next item of a datagram socket's receive queue (a socket receiving from a
+    /// pool added with [`add_datagram_pool`](Self::add_datagram_pool)): one datagram, whole,
+    /// its payload in place; then, if the receive failed, the error (once). `Ok(None)` means
+    /// nothing has arrived yet. A message whose layout does not hold together (not what the
+    /// kernel writes) is dropped and counted in [`DriverStats::rejected`].
+    ///
+    /// Fails with [`Error::InvalidState`] on a socket that does not receive datagrams.
+    pub fn read_datagram(&mut self, s: SocketId) -> Result<Option<Received<Datagram>>> {
+        let pool = self.sock(s)?.pool as usize;
+        if !self.sock(s)?.datagram {
+            return Err(Error::InvalidState {
+                op: "read_datagram",
+                reason: "the socket does not receive from a datagram pool",
+            });
+        }
+        loop {
+            let item = match self.read(s)? {
+                Some(Received::Data(chunk)) => chunk,
+                Some(Received::End) => return Ok(Some(Received::End)),
+                Some(Received::Error(e)) => return Ok(Some(Received::Error(e))),
+                None => return Ok(None),
+            };
+            let Some(msg) = self.pools[pool].recvmsg.as_deref() else {
+                return Err(Error::InvalidState {
+                    op: "read_datagram",
+                    reason: "the socket does not receive from a datagram pool",
+                });
+            };
+            match msg.parse(item) {
+                Ok(d) => return Ok(Some(Received::Data(d))),
+                Err(_) => self.stats.rejected += 1,
+            }
+        }
+    }
+
     /// Whether a receive is in flight on `s`: after [`stop_recv`](Self::stop_recv), true until
     /// its last completion has come (and queued what it brought), so that a caller handing the
     /// socket back can [`read`](Self::read) every byte that arrived before
@@ -153,6 +191,17 @@ impl Driver {
             sock.recv = RecvState::Paused;
             return;
         }
+        let datagrams = match self.pools[pool].recvmsg.as_deref() {
+            // Always multishot, never limited or bundled: recvmsg has neither.
+            Some(msg) => Some(msg.multishot(&self.pools[pool].pool, fd)),
+            None => None,
+        };
+        if let Some(Err(e)) = datagrams {
+            // Not reached: the pool passed the same check when it was added.
+            self.end_recv(idx, End::Error(io::Error::other(e)));
+            return;
+        }
+        let sock = self.at(idx);
         sock.recv = RecvState::Armed;
         sock.inflight += 1;
         let room = quota
@@ -167,6 +216,10 @@ impl Driver {
         // One buffer at most while throttled: a bundle takes whatever the socket holds.
         let bundle = bundles && !(single && throttled);
         let (e, multishot, limited) = match (single, limit) {
+            _ if datagrams.is_some() => match datagrams {
+                Some(Ok(e)) => (e, true, false),
+                _ => unreachable!("a failed recvmsg returned above"),
+            },
             (true, _) if bundle => (p.recv_bundle(fd), false, false),
             (true, _) => (p.recv(fd), false, false),
             (false, true) if bundle => (p.recv_multishot_bundle_limit(fd, room), true, true),
@@ -267,6 +320,11 @@ impl Driver {
             }
             Ok(Completion::Failed(e)) => match e.raw_os_error() {
                 Some(libc::ECANCELED) => {}
+                // A datagram socket's recvmsg multishot has no fallback: its errors end it.
+                _ if self.pools[pool].recvmsg.is_some() => {
+                    self.end_recv(idx, End::Error(e));
+                    return;
+                }
                 Some(libc::EINVAL) if how.1 => {
                     // No byte limit on multishot receives on this kernel.
                     self.recv_limit = false;
@@ -302,7 +360,7 @@ impl Driver {
     /// bulk streams gained from them (BENCHMARKS.md).
     pub(super) fn note_piece(&mut self, idx: u32, pool: usize, piece: usize) -> bool {
         let p = &self.pools[pool].pool;
-        if !p.bundles_declared() {
+        if !p.bundles_declared() || self.pools[pool].recvmsg.is_some() {
             return false;
         }
         let big = (p.buf_len() as usize).min(BULK_PIECE);

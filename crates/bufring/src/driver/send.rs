@@ -68,8 +68,11 @@ impl Driver {
         let Some(fd) = sock.fd.as_ref().map(|f| f.as_raw_fd()) else {
             return;
         };
+        let datagram = sock.datagram;
         let io = sock.io();
-        let e = if io.tx.len() == 1 {
+        // A datagram socket sends one chunk per request: one sendmsg over several would make
+        // them one datagram.
+        let e = if io.tx.len() == 1 || datagram {
             let c = &io.tx[0];
             io.sending = 1;
             opcode::Send::new(Fd(fd), c.as_ptr(), c.len() as u32)

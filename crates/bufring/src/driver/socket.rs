@@ -49,8 +49,12 @@ pub(super) struct Socket {
     pub(super) fd: Option<OwnedFd>,
     /// The pool receives select from.
     pub(super) pool: u16,
-    /// Requests in flight that name this socket; the slot is freed at zero once closing.
-    pub(super) inflight: u32,
+    /// Requests in flight that name this socket (a handful at most: a receive, an error
+    /// watch, a send, a connect and their cancels); the slot is freed at zero once closing.
+    pub(super) inflight: u16,
+    /// It receives from a datagram pool (from its first `recv` on one): each chunk queued to
+    /// send goes as a datagram of its own.
+    pub(super) datagram: bool,
     /// The idle timeout in milliseconds (0: none).
     pub(super) idle_ms: u32,
     /// The kernel's send queue at the last idle check (`u32::MAX` after a send completed).
@@ -141,6 +145,7 @@ impl Socket {
             fd: Some(fd),
             pool: 0,
             inflight: 0,
+            datagram: false,
             idle_ms: 0,
             idle_outq: u32::MAX,
             recv: RecvState::Off,
