@@ -294,3 +294,73 @@ fn a_refused_datagram_surfaces_as_the_error() {
     assert_eq!(error.raw_os_error(), Some(libc::ECONNREFUSED), "{error}");
     assert!(d.read_datagram(s).unwrap().is_none());
 }
+
+/// An unconnected UDP server answers several clients with `send_to`, straight from the
+/// received chunks: each client gets its own datagrams back, whole and in order. A datagram
+/// too long for UDP fails alone (EMSGSIZE, a `SendFailed` event); the next one still goes.
+#[test]
+fn an_unconnected_server_replies_with_send_to() {
+    let Some(mut d) = driver(Driver::builder()) else {
+        return;
+    };
+    let pool = datagram_pool(&mut d, 64);
+    let (s, server) = udp_socket(&mut d, pool);
+    let clients: Vec<UdpSocket> = (0..4)
+        .map(|_| {
+            let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c
+        })
+        .collect();
+    let mut buf = vec![0u8; 2048];
+    for round in 0..50u32 {
+        for (k, c) in clients.iter().enumerate() {
+            c.send_to(&datagram(round * 4 + k as u32), server).unwrap();
+        }
+        let mut got = 0;
+        take_datagrams(&mut d, s, Duration::from_secs(10), |d, dg| {
+            let from = dg.source().expect("a source address");
+            d.send_to(s, dg.into_payload(), from).unwrap();
+            got += 1;
+            got == clients.len()
+        });
+        flush(&mut d, s);
+        for (k, c) in clients.iter().enumerate() {
+            let n = recv_retrying(c, &mut buf);
+            assert_eq!(&buf[..n], &datagram(round * 4 + k as u32)[..]);
+        }
+    }
+    // Too long for a UDP datagram, then a good one: the first fails alone.
+    let me = clients[0].local_addr().unwrap();
+    d.send_to(s, bufring::Chunk::try_from(vec![0u8; 70_000]).unwrap(), me)
+        .unwrap();
+    d.send_to(
+        s,
+        bufring::Chunk::try_from(b"still here".to_vec()).unwrap(),
+        me,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut failed = None;
+    while d.unsent(s).unwrap() > 0 || failed.is_none() {
+        assert!(Instant::now() < deadline, "{}", d.dump());
+        d.run_once(Some(Duration::from_millis(10))).unwrap();
+        while let Some(ev) = d.next_event() {
+            if let bufring::driver::Event::SendFailed { error, .. } = ev {
+                failed = Some(error);
+            }
+        }
+    }
+    assert_eq!(failed.unwrap().raw_os_error(), Some(libc::EMSGSIZE));
+    let n = recv_retrying(&clients[0], &mut buf);
+    assert_eq!(&buf[..n], b"still here");
+    // `send_to` on a stream socket is refused.
+    let stream_pool = d.add_pool(Pool::builder(9).count(4).buf_len(4096)).unwrap();
+    let (a, _b) = common::tcp_pair();
+    let t = d.socket(OwnedFd::from(a));
+    d.recv(t, stream_pool).unwrap();
+    assert!(matches!(
+        d.send_to(t, bufring::Chunk::try_from(vec![1]).unwrap(), me),
+        Err(Error::InvalidState { op: "send_to", .. })
+    ));
+}

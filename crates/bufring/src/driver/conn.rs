@@ -302,8 +302,7 @@ impl Driver {
                 io.rx_bytes = 0;
                 io.end = None;
                 if io.sending == 0 {
-                    io.tx.clear();
-                    io.tx_bytes = 0;
+                    io.clear_tx();
                 }
                 (io.send_op, io.connect_op)
             }

@@ -79,7 +79,9 @@
 //! in place and its source address and control messages parsed ([`Datagram`]). Quotas, first
 //! come first served and spills apply as for streams; a datagram's quota cost is its whole
 //! message (header and payload). Such a socket sends each queued chunk as one datagram (never
-//! several in one sendmsg). On kernels without `min_left` (before 7.0) the pool must be
+//! several in one sendmsg), to its connected peer or, with [`send_to`](Driver::send_to), to
+//! an address of its own; a datagram that fails is dropped alone. ([`read`](Driver::read) on
+//! it gives each message raw, header and all.) On kernels without `min_left` (before 7.0) the pool must be
 //! classic: an incremental ring would leave tails too short for the recvmsg header.
 //!
 //! [`PoolBuilder::bundles`]: crate::PoolBuilder::bundles
@@ -179,7 +181,8 @@ pub enum Event {
         /// The socket.
         socket: SocketId,
     },
-    /// A send on `socket` failed; what was queued to send is dropped.
+    /// A send on `socket` failed; what was queued to send is dropped (on a datagram socket,
+    /// only the datagram that failed: the rest is still sent).
     SendFailed {
         /// The socket.
         socket: SocketId,

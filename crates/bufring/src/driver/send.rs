@@ -22,15 +22,52 @@ impl Driver {
                 reason: "the socket's write side is shut down",
             });
         }
+        let datagram = sock.datagram;
         let io = sock.io();
         for c in chunks {
             if !c.is_empty() {
                 io.tx_bytes += c.len();
                 io.tx.push_back(c);
+                if datagram {
+                    io.dest.push_back(None);
+                }
             }
         }
         self.start_send(idx);
         // Nothing to send after all (only empty chunks): no queues to keep.
+        self.at(idx).trim();
+        Ok(())
+    }
+
+    /// Queues `chunk` to send on datagram socket `s` (one receiving from a
+    /// [datagram pool](Self::add_datagram_pool)) as one datagram to `to`: what an unconnected
+    /// UDP server replies with. A datagram that fails (`EMSGSIZE`, say) is dropped with an
+    /// [`Event::SendFailed`]; the datagrams queued after it still go. An empty chunk sends
+    /// nothing.
+    ///
+    /// Fails with [`Error::InvalidState`] on a socket that does not receive datagrams.
+    pub fn send_to(&mut self, s: SocketId, chunk: Chunk, to: SocketAddr) -> Result<()> {
+        let idx = self.live(s)?;
+        let sock = self.at(idx);
+        if !sock.datagram {
+            return Err(Error::InvalidState {
+                op: "send_to",
+                reason: "the socket does not receive from a datagram pool",
+            });
+        }
+        if sock.shutdown || sock.close_after_send {
+            return Err(Error::InvalidState {
+                op: "send_to",
+                reason: "the socket's write side is shut down",
+            });
+        }
+        if !chunk.is_empty() {
+            let io = sock.io();
+            io.tx_bytes += chunk.len();
+            io.tx.push_back(chunk);
+            io.dest.push_back(Some(to));
+        }
+        self.start_send(idx);
         self.at(idx).trim();
         Ok(())
     }
@@ -72,7 +109,27 @@ impl Driver {
         let io = sock.io();
         // A datagram socket sends one chunk per request: one sendmsg over several would make
         // them one datagram.
-        let e = if io.tx.len() == 1 || datagram {
+        let e = if let Some(Some(to)) = io.dest.front().filter(|_| datagram) {
+            // One datagram to `to`: a sendmsg with a name.
+            let (name, len) = super::conn::sockaddr(to);
+            let batch = io.batch.get_or_insert_with(|| {
+                // SAFETY: msghdr, iovec and sockaddr_storage are plain old data; all zero
+                // (null pointers, zero lengths) is a valid value.
+                Box::new(unsafe { std::mem::zeroed::<Batch>() })
+            });
+            let c = &io.tx[0];
+            batch.name = name;
+            batch.iov[0].iov_base = c.as_ptr() as *mut libc::c_void;
+            batch.iov[0].iov_len = c.len();
+            batch.msg.msg_name = (&mut batch.name as *mut libc::sockaddr_storage).cast();
+            batch.msg.msg_namelen = len;
+            batch.msg.msg_iov = batch.iov.as_mut_ptr();
+            batch.msg.msg_iovlen = 1;
+            io.sending = 1;
+            opcode::SendMsg::new(Fd(fd), &batch.msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+        } else if io.tx.len() == 1 || datagram {
             let c = &io.tx[0];
             io.sending = 1;
             opcode::Send::new(Fd(fd), c.as_ptr(), c.len() as u32)
@@ -89,6 +146,8 @@ impl Driver {
                 iov.iov_base = c.as_ptr() as *mut libc::c_void;
                 iov.iov_len = c.len();
             }
+            batch.msg.msg_name = std::ptr::null_mut();
+            batch.msg.msg_namelen = 0;
             batch.msg.msg_iov = batch.iov.as_mut_ptr();
             batch.msg.msg_iovlen = n;
             io.sending = n;
@@ -117,8 +176,7 @@ impl Driver {
         io.sending = 0;
         io.send_op = None;
         if closing {
-            io.tx.clear();
-            io.tx_bytes = 0;
+            io.clear_tx();
             self.maybe_free(idx);
             return;
         }
@@ -138,6 +196,17 @@ impl Driver {
             self.stats.spilled_bytes += bytes as u64;
         } else if res < 0 && matches!(-res, libc::EINTR | libc::EAGAIN) {
             // Interrupted without a cancel of ours: send again.
+        } else if res < 0 && sock.datagram {
+            // One datagram failed: it goes, the others are still to send.
+            let io = sock.io();
+            if let Some(c) = io.pop_tx() {
+                io.tx_bytes -= c.len();
+            }
+            let id = self.id_of(idx);
+            self.events.push_back(Event::SendFailed {
+                socket: id,
+                error: io_err(-res),
+            });
         } else if res <= 0 {
             let error = if res == 0 {
                 io_err(libc::EPIPE)
@@ -145,8 +214,7 @@ impl Driver {
                 io_err(-res)
             };
             let io = sock.io();
-            io.tx.clear();
-            io.tx_bytes = 0;
+            io.clear_tx();
             let id = self.id_of(idx);
             self.events
                 .push_back(Event::SendFailed { socket: id, error });

@@ -40,6 +40,8 @@ pub(super) enum RecvState {
 pub(super) struct Batch {
     pub(super) msg: libc::msghdr,
     pub(super) iov: [libc::iovec; MAX_IOV],
+    /// A datagram's destination (`Driver::send_to`).
+    pub(super) name: libc::sockaddr_storage,
 }
 
 /// One socket's record, kept small (72 bytes with its slot) because an idle connection costs
@@ -121,6 +123,9 @@ pub(super) struct Io {
     /// Queued to send; the first `sending` chunks are in flight.
     pub(super) tx: VecDeque<Chunk>,
     pub(super) tx_bytes: usize,
+    /// On a datagram socket, where each chunk of `tx` goes (`None`: the connected peer); empty
+    /// on stream sockets.
+    pub(super) dest: VecDeque<Option<std::net::SocketAddr>>,
     pub(super) sending: usize,
     pub(super) batch: Option<Box<Batch>>,
     /// The user_data of its send and connect in flight.
@@ -190,6 +195,7 @@ impl Socket {
         // socket sending batches is rarely quiet between them).
         io.rx.shrink_to(SPARE_QUEUE);
         io.tx.shrink_to(SPARE_QUEUE);
+        io.dest = VecDeque::new();
         io.batch = None;
         let _ = SPARE_IO.try_with(|s| {
             let mut s = s.borrow_mut();
@@ -245,7 +251,7 @@ impl Io {
             };
             if front.len() <= n {
                 n -= front.len();
-                self.tx.pop_front();
+                self.pop_tx();
                 gone += 1;
             } else {
                 front.advance(n);
@@ -254,10 +260,23 @@ impl Io {
         }
         // Chunks emptied by an earlier advance (zero-length sends are skipped).
         while self.tx.front().is_some_and(|c| c.is_empty()) {
-            self.tx.pop_front();
+            self.pop_tx();
             gone += 1;
         }
         gone
+    }
+
+    /// Drops the first chunk queued to send (and its destination, on a datagram socket).
+    pub(super) fn pop_tx(&mut self) -> Option<Chunk> {
+        self.dest.pop_front();
+        self.tx.pop_front()
+    }
+
+    /// Drops everything queued to send.
+    pub(super) fn clear_tx(&mut self) {
+        self.tx.clear();
+        self.dest.clear();
+        self.tx_bytes = 0;
     }
 
     /// Moves every pool chunk this socket holds and is free to move (received and not read;
