@@ -6,13 +6,14 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bufring::driver::{Driver, Event, PoolId, Received, SocketId};
-use bufring::{Chunk, Pool};
+use bufring::{Chunk, Incremental, Pool};
 use tokio::sync::oneshot;
 
 use crate::stream::{copy_err, not_connected, Shared};
@@ -26,16 +27,24 @@ type Reply<T> = oneshot::Sender<io::Result<T>>;
 
 /// What a task asks of the driver thread (each followed by a wake-up).
 pub(crate) enum Cmd {
-    /// Take the socket and receive on it into the stream's queue.
+    /// Take the socket and receive on it into the stream's queue (datagrams: from the
+    /// datagram pool, one recvmsg message per chunk).
     Open {
         key: u64,
         fd: OwnedFd,
         shared: Arc<Shared>,
+        datagram: bool,
     },
     /// The task drained the stream's queue under half the limit: move more.
     Pull { key: u64 },
     /// Queue a chunk to send (its bytes already counted in the stream's `unsent`).
     Send { key: u64, chunk: Chunk },
+    /// Queue a chunk to send as a datagram to `to` (counted like `Send`).
+    SendTo {
+        key: u64,
+        chunk: Chunk,
+        to: SocketAddr,
+    },
     /// Shut the write side down after what is queued.
     Shutdown { key: u64, reply: Reply<()> },
     /// The stream was dropped: close the socket (once what was queued to send has gone).
@@ -57,6 +66,8 @@ struct Entry {
     shared: Arc<Shared>,
     /// Bytes handed to the driver to send since its last `Sent` (when they had all gone).
     sending: usize,
+    /// A datagram socket: a failed send drops that datagram only.
+    datagram: bool,
 }
 
 /// The maps' hasher: their keys are ids this crate and the driver hand out (counters, slots),
@@ -87,6 +98,10 @@ impl Hasher for IdHasher {
 pub(crate) struct Core {
     pub(crate) driver: Driver,
     pool: PoolId,
+    /// The pool of datagram sockets, made with the first one.
+    dgram_pool: Option<PoolId>,
+    /// Its buffers, their length and its buffer group id.
+    dgram_cfg: (usize, usize, u16),
     rx: mpsc::Receiver<Cmd>,
     /// Set before sleeping (in the ring, or as a pending task); cleared by the command that
     /// wakes the driver's side.
@@ -127,9 +142,17 @@ impl Core {
             .buf_len(cfg.buf_len)
             .incremental(cfg.incremental);
         let pool = driver.add_pool(pool).map_err(to_io)?;
+        // A buffer group id of its own, next to the stream pool's.
+        let dgram_bgid = if cfg.bgid == u16::MAX {
+            cfg.bgid - 1
+        } else {
+            cfg.bgid + 1
+        };
         Ok(Core {
             driver,
             pool,
+            dgram_pool: None,
+            dgram_cfg: (cfg.datagram_buffers, cfg.datagram_buf_len, dgram_bgid),
             rx,
             sleeping,
             limit: cfg.stream_limit,
@@ -192,9 +215,19 @@ impl Core {
     /// Runs one command; true on `Stop`.
     pub(crate) fn command(&mut self, cmd: Cmd) -> bool {
         match cmd {
-            Cmd::Open { key, fd, shared } => {
+            Cmd::Open {
+                key,
+                fd,
+                shared,
+                datagram,
+            } => {
                 let sid = self.driver.socket(fd);
-                if let Err(e) = self.driver.recv(sid, self.pool) {
+                let pool = if datagram {
+                    self.datagram_pool()
+                } else {
+                    Ok(self.pool)
+                };
+                if let Err(e) = pool.and_then(|pool| self.driver.recv(sid, pool)) {
                     shared.lock().abort(to_io(e));
                 }
                 self.by_sid.insert(sid, key);
@@ -204,6 +237,7 @@ impl Core {
                         sid,
                         shared,
                         sending: 0,
+                        datagram,
                     },
                 );
             }
@@ -219,6 +253,20 @@ impl Core {
                     Err(err) => {
                         let mut st = e.shared.lock();
                         st.fail_sends(to_io(err));
+                        st.sent(len, self.limit);
+                    }
+                }
+            }
+            Cmd::SendTo { key, chunk, to } => {
+                let Some(e) = self.streams.get_mut(&key) else {
+                    return false;
+                };
+                let len = chunk.len();
+                match self.driver.send_to(e.sid, chunk, to) {
+                    Ok(()) => e.sending += len,
+                    Err(err) => {
+                        let mut st = e.shared.lock();
+                        st.datagram_failed(to_io(err));
                         st.sent(len, self.limit);
                     }
                 }
@@ -244,10 +292,12 @@ impl Core {
             }
             Cmd::Stats { reply } => {
                 let pool = self.driver.pool(self.pool).ok();
+                let mut pools = self.driver.pool_stats();
                 let _ = reply.send(UringStats {
                     driver: self.driver.stats(),
-                    // The driver's only pool.
-                    pool: self.driver.pool_stats().swap_remove(0),
+                    // The stream pool came first, the datagram pool (if any) second.
+                    datagram_pool: pools.get(1).copied(),
+                    pool: pools.swap_remove(0),
                     resident_bytes: pool.and_then(|p| p.resident_bytes().ok()),
                     streams: self.streams.len(),
                     idle_spilled_bytes: self.idle_spilled_bytes,
@@ -330,12 +380,36 @@ impl Core {
             }
             Event::SendFailed { error, .. } => {
                 if let Some(e) = self.streams.get_mut(&key) {
-                    e.sending = 0;
-                    e.shared.lock().fail_sends(error);
+                    if e.datagram {
+                        // That datagram is dropped, the rest still go: `Sent` follows.
+                        e.shared.lock().datagram_failed(error);
+                    } else {
+                        e.sending = 0;
+                        e.shared.lock().fail_sends(error);
+                    }
                 }
             }
             _ => {}
         }
+    }
+
+    /// The datagram pool, made now if this is the first datagram socket.
+    fn datagram_pool(&mut self) -> bufring::Result<PoolId> {
+        if let Some(p) = self.dgram_pool {
+            return Ok(p);
+        }
+        let (count, len, bgid) = self.dgram_cfg;
+        // Classic: an incremental ring needs `min_left` for recvmsg, which kernels before 7.0
+        // lack (see `bufring::RecvMsg::check_pool`).
+        let builder = Pool::builder(bgid)
+            .count(count)
+            .buf_len(len)
+            .incremental(Incremental::Off);
+        let p = self
+            .driver
+            .add_datagram_pool(builder, crate::datagram::layout()?)?;
+        self.dgram_pool = Some(p);
+        Ok(p)
     }
 
     /// Moves chunks from the driver's receive queue into the stream's while it holds less than

@@ -86,6 +86,30 @@
 //! means queued, not delivered: a send that fails later makes the stream's later sends fail
 //! with its error. [`RecvStream::flush`] waits until everything queued has gone.
 //!
+//! # Datagrams
+//! [`Uring::datagram_socket`] takes a UDP (or Unix datagram) socket and gives a
+//! [`DatagramSocket`]: a `Stream` of [`Datagram`]s, each whole in one buffer of a second,
+//! classic pool ([`Builder::datagram_buffers`], made with the first datagram socket), its
+//! payload a chunk in place and its source address parsed. It replies with
+//! [`DatagramSocket::send_to`] (a received payload goes back without a copy) or, connected,
+//! [`DatagramSocket::send`]; each send is one datagram, and one that fails is dropped alone
+//! (the next `flush` says why). The pool is classic because recvmsg on an incremental ring
+//! needs the ring's `min_left` (Linux 7.0); a datagram costs a whole buffer while it is held.
+//!
+//! ```no_run
+//! # async fn f() -> std::io::Result<()> {
+//! let uring = bufring_tokio::Uring::new()?;
+//! let udp = tokio::net::UdpSocket::bind("127.0.0.1:5353").await?;
+//! let mut sock = uring.datagram_socket(udp)?;
+//! while let Some(d) = sock.recv().await {
+//!     let d = d?;
+//!     if let Some(from) = d.source() {
+//!         sock.send_to(d.into_payload(), from).await?; // echo, no copy
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! # Handing a socket back
 //! [`RecvStream::release`] stops the receive, waits (bounded) for it to end and gives back the
 //! fd with the bytes received and not yet taken ([`Released`]), so a protocol can move the
@@ -137,11 +161,13 @@ use bufring::driver::{DriverBuilder, DriverStats, DriverWaker};
 use bufring::{Incremental, PoolStats};
 
 mod core;
+mod datagram;
 mod local;
 mod stream;
 mod thread;
 
-pub use bufring::Chunk;
+pub use bufring::{Chunk, Datagram};
+pub use datagram::DatagramSocket;
 pub use local::LocalDriver;
 pub use stream::{BytesStream, ChunkReader, RecvStream, StreamSender};
 
@@ -188,6 +214,30 @@ impl IntoSocket for tokio::net::UnixStream {
     }
 }
 
+impl IntoSocket for std::net::UdpSocket {
+    fn into_socket(self) -> io::Result<OwnedFd> {
+        Ok(self.into())
+    }
+}
+
+impl IntoSocket for tokio::net::UdpSocket {
+    fn into_socket(self) -> io::Result<OwnedFd> {
+        Ok(self.into_std()?.into())
+    }
+}
+
+impl IntoSocket for std::os::unix::net::UnixDatagram {
+    fn into_socket(self) -> io::Result<OwnedFd> {
+        Ok(self.into())
+    }
+}
+
+impl IntoSocket for tokio::net::UnixDatagram {
+    fn into_socket(self) -> io::Result<OwnedFd> {
+        Ok(self.into_std()?.into())
+    }
+}
+
 /// Configures a [`Uring`].
 #[derive(Debug, Clone)]
 pub struct Builder {
@@ -199,6 +249,8 @@ pub struct Builder {
     pub(crate) idle_spill: Option<Duration>,
     pub(crate) max_wait: Option<Duration>,
     pub(crate) driver: DriverBuilder,
+    pub(crate) datagram_buffers: usize,
+    pub(crate) datagram_buf_len: usize,
 }
 
 impl Default for Builder {
@@ -212,6 +264,8 @@ impl Default for Builder {
             idle_spill: Some(Duration::from_millis(100)),
             max_wait: None,
             driver: DriverBuilder::default(),
+            datagram_buffers: 256,
+            datagram_buf_len: 2048,
         }
     }
 }
@@ -263,6 +317,23 @@ impl Builder {
     /// then (slowly).
     pub fn max_wait(mut self, wait: Option<Duration>) -> Self {
         self.max_wait = wait;
+        self
+    }
+
+    /// Buffers in the datagram pool (default 256), made with the first
+    /// [`datagram_socket`](Uring::datagram_socket): one buffer per datagram (a classic pool,
+    /// buffer group id [`bgid`](Self::bgid) + 1, or - 1 for 65535), posted elastically like the
+    /// stream pool.
+    pub fn datagram_buffers(mut self, n: usize) -> Self {
+        self.datagram_buffers = n;
+        self
+    }
+
+    /// Bytes per datagram buffer (default 2048): a 44-byte header (the recvmsg result and
+    /// room for an IPv6 source) and the payload. Longer datagrams arrive cut short
+    /// ([`Datagram::is_truncated`]).
+    pub fn datagram_buf_len(mut self, len: usize) -> Self {
+        self.datagram_buf_len = len;
         self
     }
 
@@ -444,8 +515,10 @@ pub struct Released {
 pub struct UringStats {
     /// The driver's counters.
     pub driver: DriverStats,
-    /// The pool's statistics.
+    /// The stream pool's statistics.
     pub pool: PoolStats,
+    /// The datagram pool's, once a [`datagram_socket`](Uring::datagram_socket) made it.
+    pub datagram_pool: Option<PoolStats>,
     /// Bytes of the pool's buffers resident in RAM now (`Pool::resident_bytes`, by
     /// `mincore`): the receive memory, as opposed to the address space the pool reserves.
     /// `None` if `mincore` failed.
@@ -481,8 +554,32 @@ impl Uring {
             key,
             fd,
             shared: Arc::clone(&shared),
+            datagram: false,
         })?;
         Ok(RecvStream::new(Arc::clone(link), key, shared))
+    }
+
+    /// Hands a datagram socket (UDP, or Unix datagram; bound, and connected if it is to use
+    /// [`DatagramSocket::send`]) to the driver, which starts receiving on it into the datagram
+    /// pool (made with the first one, see [`Builder::datagram_buffers`]). Fails like
+    /// [`recv_stream`](Self::recv_stream); a pool the kernel refuses shows as the first item,
+    /// an error.
+    pub fn datagram_socket(&self, socket: impl IntoSocket) -> io::Result<DatagramSocket> {
+        let msg = datagram::layout().map_err(core::to_io)?;
+        let fd = socket.into_socket()?;
+        let link = &self.owner.link;
+        let key = link.next_key.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::new(Shared::default());
+        link.command(Cmd::Open {
+            key,
+            fd,
+            shared: Arc::clone(&shared),
+            datagram: true,
+        })?;
+        Ok(DatagramSocket::new(
+            RecvStream::new(Arc::clone(link), key, shared),
+            msg,
+        ))
     }
 
     /// The driver's counters, the pool's statistics and resident bytes, and the stream count.
@@ -503,6 +600,8 @@ const _: () = {
     send_sync::<BytesStream>();
     send_sync::<ChunkReader>();
     send_sync::<Released>();
+    send_sync::<DatagramSocket>();
     unpin::<RecvStream>();
     unpin::<ChunkReader>();
+    unpin::<DatagramSocket>();
 };

@@ -49,6 +49,9 @@ pub(crate) struct State {
     closed: bool,
     /// Send futures waiting for `unsent` to go under the limit.
     send_wakers: Vec<Waker>,
+    /// On a datagram socket: the error of the first datagram that failed since the last
+    /// `flush` (that datagram was dropped; the others still go).
+    datagram_error: Option<io::Error>,
 }
 
 impl Shared {
@@ -81,6 +84,13 @@ impl State {
             self.send_error = Some(e);
         }
         self.wake_senders();
+    }
+
+    /// A datagram failed to go (dropped; the rest still go): the next `flush` says so.
+    pub(crate) fn datagram_failed(&mut self, e: io::Error) {
+        if self.datagram_error.is_none() {
+            self.datagram_error = Some(e);
+        }
     }
 
     /// `sent` bytes the tasks queued have gone: send futures waiting for room may go on.
@@ -118,6 +128,18 @@ impl State {
             ));
         }
         None
+    }
+
+    /// Ready once nothing waits to be sent, with the error of a datagram that failed since the
+    /// last flush, if one did (or once sends fail).
+    fn poll_flushed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.poll_room(cx, 1) {
+            Poll::Ready(Ok(())) => match self.datagram_error.take() {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Ready(Ok(())),
+            },
+            other => other,
+        }
     }
 
     /// Ready once less than `limit` waits to be sent (or sends fail).
@@ -279,6 +301,10 @@ impl RecvStream {
         });
     }
 
+    pub(crate) fn sender_ref(&self) -> &StreamSender {
+        &self.sender
+    }
+
     /// A handle that sends on this socket from another task. It fails with `NotConnected`
     /// once the stream is dropped.
     pub fn sender(&self) -> StreamSender {
@@ -301,7 +327,7 @@ impl RecvStream {
         }
     }
 
-    fn poll_chunk(&self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Chunk>>> {
+    pub(crate) fn poll_chunk(&self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Chunk>>> {
         let mut st = self.shared.lock();
         if let Some(c) = st.queue.pop_front() {
             st.buffered -= c.len();
@@ -390,6 +416,15 @@ impl StreamSender {
         &self,
         chunk: io::Result<Chunk>,
     ) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        self.queue_to(chunk, None)
+    }
+
+    /// [`queue`](Self::queue), as a datagram to `to` if given.
+    pub(crate) fn queue_to(
+        &self,
+        chunk: io::Result<Chunk>,
+        to: Option<std::net::SocketAddr>,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'static {
         let queued = chunk.and_then(|chunk| {
             let mut st = self.shared.lock();
             if let Some(e) = st.send_refused() {
@@ -397,9 +432,16 @@ impl StreamSender {
             }
             st.unsent += chunk.len();
             drop(st);
-            self.link.command(Cmd::Send {
-                key: self.key,
-                chunk,
+            self.link.command(match to {
+                None => Cmd::Send {
+                    key: self.key,
+                    chunk,
+                },
+                Some(to) => Cmd::SendTo {
+                    key: self.key,
+                    chunk,
+                    to,
+                },
             })
         });
         let shared = Arc::clone(&self.shared);
@@ -413,7 +455,7 @@ impl StreamSender {
     /// See [`RecvStream::flush`].
     pub fn flush(&self) -> impl Future<Output = io::Result<()>> + Send + 'static {
         let shared = Arc::clone(&self.shared);
-        std::future::poll_fn(move |cx| shared.lock().poll_room(cx, 1))
+        std::future::poll_fn(move |cx| shared.lock().poll_flushed(cx))
     }
 
     /// See [`RecvStream::shutdown_write`].

@@ -1,0 +1,263 @@
+//! Datagram sockets (`Uring::datagram_socket`) on UDP loopback: an unconnected echo server
+//! replying with `send_to` to many clients on both runtime flavours and in the in-runtime
+//! mode, a connected socket whose peer's port is closed (the error, then the end), a datagram
+//! too long for UDP (it fails alone, `flush` says so), truncation to the buffer, and dropping
+//! a socket while datagrams arrive.
+
+mod common;
+
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bufring_tokio::{Builder, DatagramSocket, Uring};
+use common::{fill, local_uring, next, LIMIT};
+use tokio::net::UdpSocket;
+use tokio::time::timeout;
+
+const CLIENTS: u64 = 16;
+const PER_CLIENT: u64 = 200;
+/// Datagrams a client has in flight at once: few enough that no socket buffer on the way
+/// overflows (loopback UDP drops only then), so every datagram must come back.
+const WINDOW: u64 = 4;
+
+/// Datagram `i` of client `seed`: 1 to 1,400 bytes of its pattern.
+fn datagram(seed: u64, i: u64) -> Vec<u8> {
+    let len = 1 + ((seed * 131 + i * 977) % 1400) as usize;
+    fill(seed, i * 1400, len)
+}
+
+/// Replies to each datagram with its own payload (no copy), to where it came from, until the
+/// socket is dropped by the test's end; counts what it echoed.
+async fn echo_server(mut sock: DatagramSocket, total: u64) -> u64 {
+    let mut echoed = 0;
+    while echoed < total {
+        let d = match next(&mut sock).await {
+            Some(Ok(d)) => d,
+            other => panic!("server: {other:?}"),
+        };
+        assert!(!d.is_truncated());
+        let to = d.source().expect("a source address");
+        sock.send_to(d.into_payload(), to).await.unwrap();
+        echoed += 1;
+    }
+    sock.flush().await.unwrap();
+    echoed
+}
+
+/// Sends its datagrams `WINDOW` at a time and checks each echo, in order.
+async fn echo_client(server: SocketAddr, seed: u64) -> u64 {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.connect(server).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let mut i = 0;
+    while i < PER_CLIENT {
+        let end = (i + WINDOW).min(PER_CLIENT);
+        for k in i..end {
+            sock.send(&datagram(seed, k)).await.unwrap();
+        }
+        for k in i..end {
+            let n = timeout(Duration::from_secs(10), sock.recv(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("client {seed}: no echo of datagram {k}"))
+                .unwrap();
+            assert_eq!(
+                &buf[..n],
+                &datagram(seed, k)[..],
+                "client {seed}, datagram {k}"
+            );
+        }
+        i = end;
+    }
+    i
+}
+
+async fn echo_many(uring: Uring) {
+    let leaks = bufring::leaks();
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = udp.local_addr().unwrap();
+    let sock = uring.datagram_socket(udp).unwrap();
+    let server = tokio::spawn(echo_server(sock, CLIENTS * PER_CLIENT));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|seed| tokio::spawn(echo_client(addr, seed)))
+        .collect();
+    for c in clients {
+        assert_eq!(c.await.unwrap(), PER_CLIENT);
+    }
+    assert_eq!(server.await.unwrap(), CLIENTS * PER_CLIENT);
+    let stats = uring.stats().await.unwrap();
+    let pool = stats.datagram_pool.expect("a datagram pool");
+    assert_eq!(pool.rejected, 0);
+    assert!(pool.completions >= CLIENTS * PER_CLIENT);
+    assert_eq!(stats.streams, 0, "the server's socket was dropped");
+    drop(uring);
+    assert_eq!(bufring::leaks(), leaks, "nothing leaked");
+}
+
+#[test]
+fn udp_echo_on_a_multi_thread_runtime() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let Some(uring) = common::uring(Builder::default()) else {
+            return;
+        };
+        timeout(LIMIT, echo_many(uring)).await.expect("in time");
+    });
+}
+
+#[test]
+fn udp_echo_on_a_current_thread_runtime() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // A small pool: datagrams wait for buffers now and then.
+        let Some(uring) = common::uring(Builder::default().datagram_buffers(16)) else {
+            return;
+        };
+        timeout(LIMIT, echo_many(uring)).await.expect("in time");
+    });
+}
+
+#[test]
+fn udp_echo_in_the_runtime() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let Some((uring, driver)) = local_uring(Builder::default()) else {
+            return;
+        };
+        let driver = tokio::task::spawn_local(driver);
+        timeout(LIMIT, echo_many(uring)).await.expect("in time");
+        driver.await.unwrap().unwrap();
+    });
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A connected socket whose peer's port is closed: the kernel's ICMP error ends the receive,
+/// as one `ConnectionRefused` item, then the end.
+#[test]
+fn a_refused_peer_is_an_error_item_then_the_end() {
+    current_thread().block_on(async {
+        let Some(uring) = common::uring(Builder::default()) else {
+            return;
+        };
+        let closed = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        udp.connect(closed).await.unwrap();
+        let mut sock = uring.datagram_socket(udp).unwrap();
+        sock.send_bytes(b"anyone?".to_vec()).await.unwrap();
+        let item = timeout(Duration::from_secs(10), sock.recv()).await.unwrap();
+        match item {
+            Some(Err(e)) => assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}"),
+            other => panic!("expected the refusal, got {other:?}"),
+        }
+        assert!(sock.recv().await.is_none());
+    });
+}
+
+/// A datagram too long for UDP fails alone: the one queued after it still arrives, and
+/// `flush` returns the failure (once). A datagram longer than a buffer arrives cut short and
+/// says how long it was.
+#[test]
+fn a_failed_datagram_fails_alone_and_a_long_one_is_cut_to_the_buffer() {
+    current_thread().block_on(async {
+        let Some(uring) = common::uring(Builder::default().datagram_buf_len(256)) else {
+            return;
+        };
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let mut sock = uring.datagram_socket(udp).unwrap();
+        let to = peer.local_addr().unwrap();
+        sock.send_bytes_to(vec![7u8; 70_000], to).await.unwrap();
+        sock.send_bytes_to(b"still here".to_vec(), to)
+            .await
+            .unwrap();
+        let e = sock.flush().await.expect_err("the long datagram failed");
+        // EMSGSIZE.
+        assert_eq!(e.raw_os_error(), Some(90), "{e}");
+        sock.flush().await.expect("reported once");
+        let mut buf = [0u8; 64];
+        let n = timeout(Duration::from_secs(10), peer.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..n], b"still here");
+        // 1,000 bytes into a 256-byte buffer (44 of them the header).
+        peer.send_to(&fill(9, 0, 1000), addr).await.unwrap();
+        let d = timeout(Duration::from_secs(10), sock.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(d.is_truncated());
+        assert_eq!(d.payload_len(), 1000);
+        assert_eq!(&d.payload()[..], &fill(9, 0, d.payload().len())[..]);
+        assert_eq!(d.payload().len(), 256 - 44);
+    });
+}
+
+/// Dropping a socket while datagrams keep arriving cancels its receive and closes it: the
+/// `Uring` counts no socket afterwards, and a new socket on the same pool works.
+#[test]
+fn dropping_a_socket_mid_traffic_closes_it() {
+    current_thread().block_on(async {
+        let Some(uring) = common::uring(Builder::default()) else {
+            return;
+        };
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let mut sock = uring.datagram_socket(udp).unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let blast = tokio::spawn(async move {
+            for i in 0..2000u64 {
+                let _ = sender.send_to(&datagram(1, i), addr).await;
+                if i % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let first = timeout(Duration::from_secs(10), sock.recv()).await.unwrap();
+        assert!(matches!(first, Some(Ok(_))));
+        drop(sock);
+        blast.await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while uring.stats().await.unwrap().driver.sockets > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the socket stayed open"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The pool serves the next socket.
+        timeout(LIMIT, async {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            let sock = uring.datagram_socket(udp).unwrap();
+            let server = tokio::spawn(echo_server(sock, PER_CLIENT));
+            assert_eq!(echo_client(addr, 3).await, PER_CLIENT);
+            assert_eq!(server.await.unwrap(), PER_CLIENT);
+        })
+        .await
+        .unwrap();
+    });
+}
