@@ -22,6 +22,15 @@
 //! `RecvStream` is a `futures_core::Stream` too: with `tokio-stream` or `futures`,
 //! `stream.next().await` reads the same, and the stream combinators apply.
 //!
+//! # Adapters: frames, `Bytes`, `AsyncRead`
+//! - [`RecvStream::frames`] cuts the stream into [`LengthPrefixed`] or [`Delimited`] frames:
+//!   a stream of [`Frame`]s, each in place in its pool buffer when it lies in one chunk
+//!   (copied once when it straddles two). No copy for most frames.
+//! - [`RecvStream::into_bytes_stream`]: chunks as `bytes::Bytes` (`Bytes::from_owner`, no
+//!   copy), for code that passes `Bytes` along.
+//! - [`RecvStream::into_async_read`]: a `tokio::io::AsyncRead`, for code that needs one (a
+//!   `tokio_util::codec::FramedRead`, say). It **copies** every byte into the reader's buffer.
+//!
 //! # Two modes: a driver thread, or a local task
 //! The driver is `!Send`: one io_uring, submitted to and reaped by one thread. One driver per
 //! tokio worker would not keep a socket's work on one thread anyway (the multi-thread runtime
@@ -162,12 +171,14 @@ use bufring::{Incremental, PoolStats};
 
 mod core;
 mod datagram;
+mod frames;
 mod local;
 mod stream;
 mod thread;
 
-pub use bufring::{Chunk, Datagram};
+pub use bufring::{Chunk, Datagram, Delimited, Frame, LengthPrefixed};
 pub use datagram::DatagramSocket;
+pub use frames::Frames;
 pub use local::LocalDriver;
 pub use stream::{BytesStream, ChunkReader, RecvStream, StreamSender};
 
@@ -601,6 +612,8 @@ const _: () = {
     send_sync::<ChunkReader>();
     send_sync::<Released>();
     send_sync::<DatagramSocket>();
+    send_sync::<Frames<LengthPrefixed>>();
+    send_sync::<Frames<Delimited>>();
     unpin::<RecvStream>();
     unpin::<ChunkReader>();
     unpin::<DatagramSocket>();

@@ -317,6 +317,13 @@ impl RecvStream {
         BytesStream { inner: self }
     }
 
+    /// Cuts the stream into frames by `framing` (a [`LengthPrefixed`](bufring::LengthPrefixed)
+    /// or [`Delimited`](bufring::Delimited) framing): a stream of frames, each in place in
+    /// its pool buffer when it lies in one (see [`Frames`]).
+    pub fn frames<F: bufring::Framing>(self, framing: F) -> crate::Frames<F> {
+        crate::Frames::new(self, framing)
+    }
+
     /// An [`AsyncRead`] adapter. It **copies** each chunk's bytes into the caller's
     /// [`ReadBuf`] (that is what `AsyncRead` asks for); use the stream itself, or
     /// [`into_bytes_stream`](Self::into_bytes_stream), to keep zero copy.
