@@ -319,7 +319,7 @@ impl RecvStream {
 
     /// Cuts the stream into frames by `framing` (a [`LengthPrefixed`](bufring::LengthPrefixed)
     /// or [`Delimited`](bufring::Delimited) framing): a stream of frames, each in place in
-    /// its pool buffer when it lies in one (see [`Frames`]).
+    /// its pool buffer when it lies in one (see [`Frames`](crate::Frames)).
     pub fn frames<F: bufring::Framing>(self, framing: F) -> crate::Frames<F> {
         crate::Frames::new(self, framing)
     }
