@@ -399,8 +399,8 @@ impl Core {
             return Ok(p);
         }
         let (count, len, bgid) = self.dgram_cfg;
-        // Classic: an incremental ring needs `min_left` for recvmsg, which kernels before 7.0
-        // lack (see `bufring::RecvMsg::check_pool`).
+        // Classic, on every kernel: an incremental ring needs `min_left` for recvmsg, which
+        // not every kernel has (see `bufring::RecvMsg::check_pool`).
         let builder = Pool::builder(bgid)
             .count(count)
             .buf_len(len)

@@ -102,8 +102,9 @@
 //! payload a chunk in place and its source address parsed. It replies with
 //! [`DatagramSocket::send_to`] (a received payload goes back without a copy) or, connected,
 //! [`DatagramSocket::send`]; each send is one datagram, and one that fails is dropped alone
-//! (the next `flush` says why). The pool is classic because recvmsg on an incremental ring
-//! needs the ring's `min_left` (Linux 7.0); a datagram costs a whole buffer while it is held.
+//! (the next `flush` says why). The pool is classic, the same on every kernel (recvmsg on an
+//! incremental ring needs the ring's `min_left`, which not every kernel has): a datagram
+//! costs a whole buffer while it is held.
 //!
 //! ```no_run
 //! # async fn f() -> std::io::Result<()> {

@@ -81,8 +81,9 @@
 //! message (header and payload). Such a socket sends each queued chunk as one datagram (never
 //! several in one sendmsg), to its connected peer or, with [`send_to`](Driver::send_to), to
 //! an address of its own; a datagram that fails is dropped alone. ([`read`](Driver::read) on
-//! it gives each message raw, header and all.) On kernels without `min_left` (before 7.0) the pool must be
-//! classic: an incremental ring would leave tails too short for the recvmsg header.
+//! it gives each message raw, header and all.) An incremental datagram pool needs the ring's
+//! `min_left` of at least the recvmsg header (a shorter tail fails the multishot with EFAULT;
+//! see [`RecvMsg::check_pool`]); where the kernel lacks `min_left`, use a classic pool.
 //!
 //! [`PoolBuilder::bundles`]: crate::PoolBuilder::bundles
 
