@@ -80,6 +80,12 @@ impl DatagramSocket {
         self.inner.buffered()
     }
 
+    /// Bytes of received messages waiting in the driver's receive queue for this socket (a
+    /// query to the driver's side), as [`RecvStream::driver_queued`].
+    pub async fn driver_queued(&self) -> io::Result<usize> {
+        self.inner.driver_queued().await
+    }
+
     /// Sends `chunk` as one datagram to the connected peer (a received payload goes without a
     /// copy). Queued when called; resolves as [`RecvStream::send`] does.
     pub fn send(&self, chunk: Chunk) -> impl Future<Output = io::Result<()>> + Send + 'static {

@@ -1,8 +1,8 @@
 //! Datagram sockets (`Uring::datagram_socket`) on UDP loopback: an unconnected echo server
 //! replying with `send_to` to many clients on both runtime flavours and in the in-runtime
 //! mode, a connected socket whose peer's port is closed (the error, then the end), a datagram
-//! too long for UDP (it fails alone, `flush` says so), truncation to the buffer, and dropping
-//! a socket while datagrams arrive.
+//! too long for UDP (it fails alone, `flush` says so), truncation to the buffer, dropping a
+//! socket while datagrams arrive, and a flooded socket nobody reads beside one that echoes.
 
 mod common;
 
@@ -259,5 +259,68 @@ fn dropping_a_socket_mid_traffic_closes_it() {
         })
         .await
         .unwrap();
+    });
+}
+
+/// A datagram socket nobody reads, flooded, beside one that echoes: the flooded socket's
+/// queues stay within the stream limit and the driver's quota, its stream queue leaves the
+/// pool (idle spill), and the echo on the other socket completes. (The kernel drops what the flooded
+/// socket's buffer cannot hold, as UDP does.)
+#[test]
+fn a_flooded_socket_nobody_reads_holds_its_limit_and_others_go_on() {
+    current_thread().block_on(async {
+        let limit = 16 * 1024;
+        let builder = Builder::default()
+            .stream_limit(limit)
+            .datagram_buffers(64)
+            .driver(bufring::driver::Driver::builder().recv_quota(limit, limit));
+        let Some(uring) = common::uring(builder) else {
+            return;
+        };
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let flooded_addr = udp.local_addr().unwrap();
+        let flooded = uring.datagram_socket(udp).unwrap();
+        let blaster = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for i in 0..2000u64 {
+            let _ = blaster.send_to(&datagram(5, i), flooded_addr).await;
+            if i % 100 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        // The other socket echoes all its datagrams meanwhile.
+        timeout(LIMIT, async {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            let sock = uring.datagram_socket(udp).unwrap();
+            let server = tokio::spawn(echo_server(sock, PER_CLIENT));
+            assert_eq!(echo_client(addr, 4).await, PER_CLIENT);
+            assert_eq!(server.await.unwrap(), PER_CLIENT);
+        })
+        .await
+        .unwrap();
+        // A message is at most a buffer (2 KiB): the queue stops within one of the limit.
+        assert!(
+            flooded.buffered() <= limit + 2048,
+            "{} bytes queued",
+            flooded.buffered()
+        );
+        // The driver's queue for it stops at its quota, plus what one wake-up of the multishot
+        // brought before the cancel (at most the kernel's socket buffer).
+        let queued = flooded.driver_queued().await.unwrap();
+        assert!(
+            queued <= limit + 256 * 1024,
+            "{queued} bytes in the driver's queue"
+        );
+        // The stream queue of a task that takes nothing moves to the heap (idle spill).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while uring.stats().await.unwrap().idle_spilled_bytes == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no idle spill");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Its queue is still all there, whole.
+        let mut flooded = flooded;
+        let d = flooded.recv().await.unwrap().unwrap();
+        let i = (0..2000).find(|&i| datagram(5, i) == d.payload()[..]);
+        assert!(i.is_some(), "a spilled datagram changed");
     });
 }
