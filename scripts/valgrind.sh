@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs the library's tests (kernel tests, model-vs-kernel, property tests, hostile
-# completions, unit tests, the driver's) under valgrind's memcheck; any memcheck error fails
-# the script.
+# completions, unit tests, the driver's) and bufring-tokio's in-runtime tests (cancellation,
+# runtime drop with receives armed, echo, datagrams, frames) under valgrind's memcheck; any
+# memcheck error fails the script.
 #
 #   scripts/valgrind.sh                 # every test binary of the bufring crate but the
-#                                       # load tests below
+#                                       # load tests below, and tokio_cancel, tokio_local,
+#                                       # tokio_datagram, tokio_frames
 #   scripts/valgrind.sh prop_pool       # only the test targets named
 #   PROPTEST_CASES=256 scripts/valgrind.sh prop_pool   # longer
 #   VALGRIND_ALL=1 scripts/valgrind.sh  # the load tests too (slow; their wall-clock
@@ -40,17 +42,27 @@ export PROPTEST_CASES="${PROPTEST_CASES:-24}"
 export BUFRING_HOSTILE_CASES="${BUFRING_HOSTILE_CASES:-300}"
 
 want=" $* "
-# Not bufring-tokio's tests: memcheck (3.19) keeps its lock while a thread blocks in
-# io_uring_enter, so its driver thread's wait stalls every other thread (a 5 ms bound on the
-# wait, `Builder::max_wait`, still left the cancellation tests running for more than 15 min).
-mapfile -t targets < <(cargo test -p bufring --all-features --no-run --message-format=json 2>/dev/null | python3 -c '
+# Test binaries of a package: "name path" lines.
+test_binaries() {
+    cargo test -p "$1" --all-features --no-run --message-format=json 2>/dev/null | python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m.get("profile", {}).get("test"):
         print(m["target"]["name"], m["executable"])
-')
+'
+}
+mapfile -t targets < <(test_binaries bufring)
 [ "${#targets[@]}" -gt 0 ] || { echo "no test binaries built"; exit 1; }
+# bufring-tokio's tests of the in-runtime mode only (named tokio_<test>): there no thread
+# blocks in io_uring_enter, which memcheck (3.19) does while holding its lock, so the driver
+# thread of the other mode stalls every other thread (a 5 ms bound on its wait,
+# `Builder::max_wait`, still left the cancellation tests running for more than 15 min).
+while read -r name bin; do
+    case "$name" in
+        cancel | local | datagram | frames) targets+=("tokio_$name $bin") ;;
+    esac
+done < <(test_binaries bufring-tokio)
 
 leak_errors=none
 [ -n "${VALGRIND_LEAKS:-}" ] && leak_errors=definite
@@ -73,30 +85,34 @@ for t in "${targets[@]}"; do
     fi
     echo "== valgrind memcheck: $name"
     ran=$((ran + 1))
-    skip=()
+    filters=()
     if [ -z "${VALGRIND_ALL:-}" ]; then
         case "$name" in
             # 32768 buffers drained one CQE at a time: a minute under memcheck, and no memory
             # path that the smaller programs miss.
-            prop_pool) skip=(--skip largest_pool_with_a_wrapping_tail) ;;
+            prop_pool) filters=(--skip largest_pool_with_a_wrapping_tail) ;;
             # Paced exhaustion loops with a wall-clock deadline that memcheck overruns.
-            lifecycle) skip=(--skip exhaustion_rearm_nothing_lost) ;;
+            lifecycle) filters=(--skip exhaustion_rearm_nothing_lost) ;;
             # 6 MiB through a pipe per test, with a 60 s deadline.
-            recv_files) skip=(--skip pipe_read_multishot) ;;
+            recv_files) filters=(--skip pipe_read_multishot) ;;
             # Legacy-buffer streams with deadlines.
-            recv_legacy) skip=(--skip _stream --skip _bundle_api) ;;
+            recv_legacy) filters=(--skip _stream --skip _bundle_api) ;;
             # Loopback load (many clients, megabytes each) and wall-clock deadlines, and a peer
             # thread racing the driver's waits (memcheck keeps its lock while a thread blocks in
             # io_uring_enter); what stays covers the driver's memory paths: dropping it busy,
             # spills, stop/recv, release, resets, timers, the readiness fd, bad handles.
-            driver) skip=(--skip echo_server_ --skip memory_follows --skip no_spill
+            driver) filters=(--skip echo_server_ --skip memory_follows --skip no_spill
                 --skip slow_readers --skip tiny_pool --skip spill_cancels --skip chunk_dropped
                 --skip connect_then) ;;
         esac
     fi
+    # The in-runtime tests of these (the others use the driver thread); all of tokio_local.
+    case "$name" in
+        tokio_cancel | tokio_datagram | tokio_frames) filters+=(in_the_runtime) ;;
+    esac
     if ! valgrind --tool=memcheck --error-exitcode=99 -q \
         --leak-check=full --errors-for-leak-kinds="$leak_errors" --show-possibly-lost=no \
-        "$bin" --test-threads=1 -q "${skip[@]}"; then
+        "$bin" --test-threads=1 -q "${filters[@]}"; then
         echo "!! memcheck errors or test failures in $name"
         failed=$((failed + 1))
     fi

@@ -148,11 +148,14 @@
 //! driver keep its memory for good ([`bufring::leaks`] counts it).
 //!
 //! # Valgrind
-//! This crate's tests cannot run under valgrind's memcheck (3.19): memcheck holds its lock
-//! while a thread blocks in `io_uring_enter`, and the driver thread blocks there, so every
-//! other thread stalls (a bound on the wait, [`Builder::max_wait`], still left the cancellation
-//! tests running for more than 15 minutes). The driver underneath is covered by the `bufring`
-//! crate's memcheck run (scripts/valgrind.sh).
+//! The in-runtime mode's tests run under valgrind's memcheck in CI (scripts/valgrind.sh):
+//! cancellation (a stream dropped mid-transfer, tasks aborted while they wait, the runtime
+//! dropped with receives armed on 16 streams and a datagram socket), echo, datagrams and
+//! frames. The driver-thread mode's cannot: memcheck (3.19) holds its lock while a thread
+//! blocks in `io_uring_enter`, and the driver thread blocks there, so every other thread
+//! stalls (a bound on the wait, [`Builder::max_wait`], still left the cancellation tests
+//! running for more than 15 minutes). Both modes share the driver's side (`core.rs`) and the
+//! streams; the driver underneath is covered by the `bufring` crate's memcheck run.
 //!
 //! [`Driver::run_once`]: bufring::driver::Driver::run_once
 //! [`DriverBuilder::recv_quota`]: bufring::driver::DriverBuilder::recv_quota

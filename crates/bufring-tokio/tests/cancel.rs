@@ -1,13 +1,18 @@
 //! Cancellation: a stream dropped mid-transfer (and a task aborted while it waits on one)
 //! closes its socket and gives every buffer back; a stream that outlives its `Uring` ends with
-//! an error item. Nothing leaks.
+//! an error item. Nothing leaks. Each runs with the driver thread and in the runtime
+//! (`build_local`); the `_in_the_runtime` tests, and the runtime dropped with receives armed,
+//! also run under valgrind's memcheck (scripts/valgrind.sh): no driver thread blocks in
+//! `io_uring_enter` there.
 
 mod common;
 
 use std::time::Duration;
 
+use std::future::Future;
+
 use bufring_tokio::{Builder, Uring};
-use common::{expect_ended_by_driver, fill, next, pair, Checker, LIMIT};
+use common::{expect_ended_by_driver, fill, local_uring, next, pair, Checker, LIMIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep, timeout, Instant};
 
@@ -41,10 +46,25 @@ async fn still_works(uring: &Uring) {
     assert_eq!(&back, b"still here");
 }
 
-async fn drop_mid_stream() {
-    let Some(uring) = common::uring(Builder::default()) else {
-        return;
-    };
+/// Runs `test` with a `Uring` whose driver is a task of a current-thread runtime (skipped
+/// before 6.13), then waits for the driver task to end (the test dropped the last `Uring`).
+fn in_the_runtime<F: Future<Output = ()>>(test: impl FnOnce(Uring) -> F) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let Some((uring, driver)) = local_uring(Builder::default()) else {
+            return;
+        };
+        let driver = tokio::task::spawn_local(driver);
+        timeout(LIMIT, test(uring)).await.expect("in time");
+        driver.await.unwrap().unwrap();
+    });
+}
+
+async fn drop_mid_stream(uring: Uring) {
     let leaks = bufring::leaks();
     let (mine, mut peer) = pair().await;
     let mut s = uring.recv_stream(mine).unwrap();
@@ -83,25 +103,42 @@ async fn drop_mid_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_mid_stream_multi_thread() {
-    timeout(LIMIT, drop_mid_stream()).await.expect("in time");
+    if let Some(uring) = common::uring(Builder::default()) {
+        timeout(LIMIT, drop_mid_stream(uring))
+            .await
+            .expect("in time");
+    }
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn drop_mid_stream_current_thread() {
-    timeout(LIMIT, drop_mid_stream()).await.expect("in time");
+    if let Some(uring) = common::uring(Builder::default()) {
+        timeout(LIMIT, drop_mid_stream(uring))
+            .await
+            .expect("in time");
+    }
+}
+
+#[test]
+fn drop_mid_stream_in_the_runtime() {
+    in_the_runtime(drop_mid_stream);
 }
 
 /// Tasks waiting on their streams (receives armed, nothing arriving) are aborted: their
 /// streams drop inside the runtime and the driver closes the sockets; the peers see the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_waiting_tasks() {
-    timeout(LIMIT, abort_waiting()).await.expect("in time");
+    if let Some(uring) = common::uring(Builder::default()) {
+        timeout(LIMIT, abort_waiting(uring)).await.expect("in time");
+    }
 }
 
-async fn abort_waiting() {
-    let Some(uring) = common::uring(Builder::default()) else {
-        return;
-    };
+#[test]
+fn abort_waiting_tasks_in_the_runtime() {
+    in_the_runtime(abort_waiting);
+}
+
+async fn abort_waiting(uring: Uring) {
     let leaks = bufring::leaks();
     let mut peers = Vec::new();
     let mut tasks = Vec::new();
@@ -163,4 +200,74 @@ async fn outlives() {
     expect_ended_by_driver(&mut s, &mut peer, b"before").await;
     drop(s);
     assert_eq!(bufring::leaks(), leaks);
+}
+
+/// The runtime goes away with receives armed in the in-runtime mode: 16 stream tasks (half of
+/// them holding the chunks they took, half still reading) and a datagram socket's task, all
+/// holding clones of the `Uring`; then the `LocalSet` (driver task included) and the runtime
+/// are dropped. The driver cancels its requests and waits for them before its memory goes:
+/// nothing leaks, and the peers see their connections end.
+#[test]
+fn runtime_dropped_with_receives_armed_in_the_runtime() {
+    let leaks = bufring::leaks();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    let peers = local.block_on(&rt, async {
+        let (uring, driver) = local_uring(Builder::default())?;
+        tokio::task::spawn_local(driver);
+        let mut peers = Vec::new();
+        for k in 0..16u64 {
+            let (mine, mut peer) = pair().await;
+            let mut s = uring.recv_stream(mine).unwrap();
+            let keep = uring.clone();
+            peer.write_all(&fill(k, 0, 100_000)).await.unwrap();
+            let stop_at = if k % 2 == 0 { 10_000 } else { u64::MAX };
+            tokio::task::spawn_local(async move {
+                let _keep = keep;
+                let mut held = Vec::new();
+                let mut check = Checker::new(k);
+                while check.pos < stop_at {
+                    let Some(item) = next(&mut s).await else {
+                        break;
+                    };
+                    let c = item.unwrap();
+                    check.check(&c);
+                    held.push(c);
+                }
+                std::future::pending::<()>().await;
+            });
+            peers.push(peer);
+        }
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = udp.local_addr().unwrap();
+        let mut dgrams = uring.datagram_socket(udp).unwrap();
+        let keep = uring.clone();
+        tokio::task::spawn_local(async move {
+            let _keep = keep;
+            let _first = dgrams.recv().await;
+            std::future::pending::<()>().await;
+        });
+        let sender = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        sender.send_to(b"one datagram", to).await.unwrap();
+        sleep(Duration::from_millis(100)).await;
+        drop(uring); // the tasks hold the last clones
+        Some(peers)
+    });
+    let Some(peers) = peers else {
+        return;
+    };
+    drop(local);
+    drop(rt);
+    assert_eq!(bufring::leaks(), leaks, "nothing leaked");
+    for p in peers {
+        let mut p = p.into_std().unwrap();
+        p.set_nonblocking(false).unwrap();
+        p.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 16];
+        let n = std::io::Read::read(&mut p, &mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "end of stream (or a reset) at the peer");
+    }
 }
