@@ -24,6 +24,10 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 tar -xzf "$crate" -C "$tmp"
 dir="$tmp/bufring-$version"
+# `cargo package` stamps every file with one fixed old mtime (2006), so against the kept build
+# below cargo would take the changed sources for unchanged and reuse a stale library (seen: the
+# tests of a new API failed to compile against the previous build). Now is their mtime.
+find "$dir" -type f -exec touch {} +
 # The unpacked crate is its own workspace; keep its build next to the others so reruns are
 # incremental.
 export CARGO_TARGET_DIR="$PWD/target/package-check"
