@@ -9,7 +9,7 @@ use std::io::ErrorKind;
 use std::time::Duration;
 
 use bufring_tokio::{Builder, Uring};
-use common::{fill, pair, Checker, LIMIT};
+use common::{fill, pair, small_buffer_pair, Checker, LIMIT};
 use tokio::io::AsyncReadExt;
 use tokio::time::{sleep, timeout, Instant};
 
@@ -17,24 +17,6 @@ const STREAM_LIMIT: usize = 64 * 1024;
 
 fn uring() -> Option<Uring> {
     common::uring(Builder::default().stream_limit(STREAM_LIMIT))
-}
-
-/// A connected pair whose kernel buffers are small and fixed (64 KiB send buffer on the first,
-/// 64 KiB receive buffer on the second, no autotuning): a peer that does not read holds back
-/// the sender after a few hundred KiB, however fast or slow the machine (the kernel matrix
-/// runs under QEMU's emulation, where autotuned loopback buffers took in megabytes).
-async fn small_buffer_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
-    use tokio::net::TcpSocket;
-    let ls = TcpSocket::new_v4().unwrap();
-    // Accepted sockets inherit the listener's buffer sizes.
-    ls.set_send_buffer_size(64 * 1024).unwrap();
-    ls.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let l = ls.listen(16).unwrap();
-    let addr = l.local_addr().unwrap();
-    let cs = TcpSocket::new_v4().unwrap();
-    cs.set_recv_buffer_size(64 * 1024).unwrap();
-    let (c, a) = tokio::join!(cs.connect(addr), l.accept());
-    (a.unwrap().0, c.unwrap())
 }
 
 /// A peer that does not read holds the sender back once the kernel's socket buffers and the

@@ -85,6 +85,24 @@ pub async fn pair() -> (TcpStream, TcpStream) {
     (a.unwrap().0, c.unwrap())
 }
 
+/// A connected pair whose kernel buffers are small and fixed (64 KiB send buffer on the first,
+/// 64 KiB receive buffer on the second, no autotuning): a peer that does not read holds back
+/// the sender after a few hundred KiB, however fast or slow the machine (the kernel matrix
+/// runs under QEMU's emulation, where autotuned loopback buffers took in megabytes).
+pub async fn small_buffer_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    use tokio::net::TcpSocket;
+    let ls = TcpSocket::new_v4().unwrap();
+    // Accepted sockets inherit the listener's buffer sizes.
+    ls.set_send_buffer_size(64 * 1024).unwrap();
+    ls.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let l = ls.listen(16).unwrap();
+    let addr = l.local_addr().unwrap();
+    let cs = TcpSocket::new_v4().unwrap();
+    cs.set_recv_buffer_size(64 * 1024).unwrap();
+    let (c, a) = tokio::join!(cs.connect(addr), l.accept());
+    (a.unwrap().0, c.unwrap())
+}
+
 /// Every test finishes within this.
 pub const LIMIT: Duration = Duration::from_secs(60);
 
