@@ -1612,3 +1612,123 @@ fn connect_then_recv_and_send_at_once() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Forwards what socket A receives (its peer writes 2 MiB of a pattern) to socket B, whose
+/// reader has a 4 KiB window and does not read for 600 ms, moving chunks while B has less
+/// than the quota unsent (as the proxy does). Returns the peak of A's receive queue plus B's
+/// unsent bytes during the stall; then the reader reads, and every byte must arrive in order.
+fn forward_to_a_stalled_reader(linked: bool, quota: usize) -> Option<usize> {
+    const TOTAL: usize = 2 << 20;
+    let mut d = driver(Driver::builder().recv_quota(quota, quota))?;
+    let pool = d
+        .add_pool(Pool::builder(0).count(64).buf_len(16 * 1024))
+        .unwrap();
+    let (a, a_peer) = common::tcp_pair();
+    let writer = thread::spawn(move || common::send_pattern(a_peer, TOTAL, 64 * 1024, 7));
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut reader = small_rcvbuf_client(l.local_addr().unwrap());
+    let (b, _) = l.accept().unwrap();
+    set_int_opt(&b, libc::SO_SNDBUF, 4096);
+    let (sa, sb) = (d.socket(a), d.socket(b));
+    if linked {
+        d.link(sa, sb).unwrap();
+    }
+    d.recv(sa, pool).unwrap();
+    let forward = |d: &mut Driver| {
+        while d.unsent(sb).unwrap() < quota {
+            match d.read(sa).unwrap() {
+                Some(Received::Data(c)) => d.send(sb, c).unwrap(),
+                Some(Received::End) => {
+                    d.shutdown(sb).unwrap();
+                    break;
+                }
+                Some(Received::Error(e)) => panic!("{e}"),
+                None => break,
+            }
+        }
+    };
+    let mut peak = 0;
+    let stall = Instant::now() + Duration::from_millis(600);
+    while Instant::now() < stall {
+        d.run_once(Some(Duration::from_millis(10))).unwrap();
+        while d.next_event().is_some() {}
+        forward(&mut d);
+        peak = peak.max(d.queued(sa).unwrap() + d.unsent(sb).unwrap());
+    }
+    let check = thread::spawn(move || {
+        let mut c = Checker::new(7);
+        let mut buf = vec![0u8; 64 * 1024];
+        while c.received < TOTAL {
+            let n = reader.read(&mut buf).unwrap();
+            assert!(n > 0, "the stream ended after {} bytes", c.received);
+            c.check(&buf[..n]);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check.is_finished() {
+        assert!(Instant::now() < deadline, "stuck: {}", d.dump());
+        d.run_once(Some(Duration::from_millis(10))).unwrap();
+        while d.next_event().is_some() {}
+        forward(&mut d);
+    }
+    check.join().unwrap();
+    writer.join().unwrap().unwrap();
+    Some(peak)
+}
+
+/// Linked sockets (`Driver::link`) hold one quota per direction: a forwarder to a stalled
+/// reader keeps A's queue plus B's unsent within the quota and one 16 KiB buffer's piece,
+/// where the unlinked pair holds a quota on each side (more than 1.5 quotas here). And the
+/// receive the link stopped starts again as B's sends go out: all 2 MiB arrive, in order.
+#[test]
+fn linked_sockets_hold_one_quota_per_direction() {
+    let quota = 64 * 1024;
+    let Some(unlinked) = forward_to_a_stalled_reader(false, quota) else {
+        return;
+    };
+    let linked = forward_to_a_stalled_reader(true, quota).unwrap();
+    eprintln!("held at the peak: linked {linked} bytes, unlinked {unlinked} (quota {quota})");
+    assert!(
+        linked <= quota + 16 * 1024,
+        "linked: {linked} bytes held against a {quota}-byte quota"
+    );
+    assert!(
+        unlinked > quota * 3 / 2,
+        "unlinked: only {unlinked} bytes held (the stall did not fill both sides)"
+    );
+}
+
+/// `link` refuses a socket linked already and a socket linked to itself; closing one end
+/// ends the link (the other can be linked again).
+#[test]
+fn link_refusals_and_unlink_on_close() {
+    let Some(mut d) = driver(Driver::builder()) else {
+        return;
+    };
+    let (a, _pa) = common::tcp_pair();
+    let (b, _pb) = common::tcp_pair();
+    let (c, _pc) = common::tcp_pair();
+    let (sa, sb, sc) = (d.socket(a), d.socket(b), d.socket(c));
+    assert!(matches!(
+        d.link(sa, sa),
+        Err(Error::InvalidState { op: "link", .. })
+    ));
+    d.link(sa, sb).unwrap();
+    assert!(matches!(
+        d.link(sa, sc),
+        Err(Error::InvalidState { op: "link", .. })
+    ));
+    assert!(matches!(
+        d.link(sc, sb),
+        Err(Error::InvalidState { op: "link", .. })
+    ));
+    d.close(sb).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while d.stats().sockets > 2 {
+        assert!(Instant::now() < deadline);
+        d.run_once(Some(Duration::from_millis(10))).unwrap();
+        while d.next_event().is_some() {}
+    }
+    d.link(sa, sc).unwrap();
+    assert!(matches!(d.link(sb, sc), Err(Error::NotOpen { .. })));
+}

@@ -302,7 +302,9 @@ pub struct ThreadStats {
     pub bytes_up: u64,
     /// Bytes upstream → client.
     pub bytes_down: u64,
-    /// Times forwarding stopped because the destination had `max_unsent` bytes unsent.
+    /// Times a direction was held back: forwarding stopped because the destination had its
+    /// room unsent, or the driver stopped the source's receive at its quota (which, with the
+    /// pair linked, counts the destination's unsent bytes too).
     pub backpressure_pauses: u64,
     /// The most unsent bytes one direction ever had queued.
     pub peak_unsent: u64,

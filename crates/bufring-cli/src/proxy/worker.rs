@@ -6,9 +6,11 @@
 //! Forwarding moves chunks from a socket's receive queue to its peer's send queue, no copy,
 //! while the peer has less unsent than its room: the receive quota (the socket's fair share of
 //! the pool, see the driver's docs), at most `max_unsent`. Past that, chunks wait in the
-//! receive queue, and the driver stops the receive at its quota; [`Event::Sent`] on the peer
-//! starts forwarding again. So each direction holds at most twice the quota: with a few
-//! connections, multi-megabyte batches; with many backed up, a slice of the pool each.
+//! receive queue; [`Event::Sent`] on the peer starts forwarding again. The two sockets of a
+//! pair are [linked](Driver::link), so the driver stops a side's receive once its receive
+//! queue and its peer's unsent bytes together reach its quota, and starts it again as the
+//! sends go out. So each direction holds about one quota: with a few connections,
+//! multi-megabyte batches; with many backed up, a slice of the pool each.
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
@@ -69,9 +71,9 @@ impl Worker {
         started: &mpsc::Sender<Result<Started, String>>,
     ) -> Option<Worker> {
         let made = (|| -> Result<(Driver, PoolId), String> {
-            // A receive queue only waits for room in the peer's send queue: its quota is at
-            // most --max-unsent (less when many share the pool), so a direction holds at most
-            // twice that.
+            // A receive queue only waits for room in the peer's send queue. The quota is at
+            // most --max-unsent (less when many share the pool), and with the pair linked it
+            // covers both queues of a direction: a direction holds at most about that.
             let mut driver = Driver::builder()
                 .recv_quota(cfg.max_unsent.min(64 * 1024), cfg.max_unsent)
                 .build()
@@ -250,6 +252,10 @@ impl Worker {
                 let _ = net::set_nodelay(fd.as_raw_fd());
             }
         }
+        // What one side received and queued to send on the other counts against the first's
+        // receive quota until it is sent: one share per direction, not two. (Both are fresh
+        // sockets: the link cannot fail.)
+        let _ = self.driver.link(client, upstream);
         self.set_side(Side {
             id: client,
             peer: upstream,
@@ -431,6 +437,7 @@ impl Worker {
         self.stats.recv_limited = u64::from(self.driver.recv_limited());
         if let Ok(mut s) = self.shared.stats[self.id].lock() {
             *s = self.stats;
+            s.backpressure_pauses += s.driver.quota_pauses;
         }
     }
 }

@@ -320,6 +320,8 @@ impl Driver {
         for ud in uds.into_iter().flatten() {
             self.cancel(ud.get(), Some(idx));
         }
+        // Its send queue may be gone: the linked socket may receive again.
+        self.peer_sent(idx);
         self.maybe_free(idx);
     }
 
@@ -332,6 +334,7 @@ impl Driver {
         let slot = &mut self.sockets[idx as usize];
         let mut sock = slot.sock.take().expect("live");
         slot.gen = slot.gen.wrapping_add(1);
+        let peer = std::mem::replace(&mut slot.peer, NO_PEER);
         self.free_sockets.push(idx);
         self.stats.sockets -= 1;
         if sock.release {
@@ -341,6 +344,18 @@ impl Driver {
             self.events.push_back(Event::Closed { socket: id });
         }
         drop(sock); // closes the fd, unless released
+        if peer != NO_PEER {
+            // The link ends; what this socket had queued to send no longer holds the other's
+            // receive back.
+            self.sockets[peer as usize].peer = NO_PEER;
+            if self.sockets[peer as usize]
+                .sock
+                .as_ref()
+                .is_some_and(|s| s.recv == RecvState::Paused && !s.closing)
+            {
+                self.rearm_if_room(peer);
+            }
+        }
         if self.listeners.iter().any(|l| l.paused) {
             self.resume_accepts();
         }

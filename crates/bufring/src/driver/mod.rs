@@ -47,7 +47,9 @@
 //! - **Quotas**: a socket's receive queue (chunks received and not yet [read](Driver::read))
 //!   may hold a fair share of its pool (`pool bytes / receivers`, within
 //!   [`DriverBuilder::recv_quota`]); past it the receive is stopped, and started again once
-//!   reads bring the queue under half of it.
+//!   reads bring the queue under half of it. For two sockets [linked](Driver::link) as the
+//!   two ends of a forwarder, what one received and queued to send on the other counts too,
+//!   until it is sent: a direction holds one share, not a share received and another unsent.
 //! - **First come, first served**: receives that found the pool empty wait in line and are
 //!   started again in that order as buffers come back, as many as the posted buffers can feed.
 //! - **Spill**: when receives wait, nothing is parked and nothing is left in the ring, the
@@ -261,7 +263,8 @@ pub struct DriverStats {
     pub rejected: u64,
     /// Sockets open.
     pub sockets: u64,
-    /// Receives stopped because their queue reached its quota.
+    /// Receives stopped because their queue (with a [linked](Driver::link) socket's unsent
+    /// bytes) reached its quota: by a cancel, or by not arming again the receive that ended.
     pub quota_pauses: u64,
     /// Receives started again after waiting for buffers.
     pub rearms_after_wait: u64,
@@ -339,8 +342,14 @@ struct PoolSlot {
 
 struct SockSlot {
     gen: u32,
+    /// The slot of the socket [linked](Driver::link) to this one (`NO_PEER`: none). In the
+    /// padding after `gen`: the slot stays 72 bytes.
+    peer: u32,
     sock: Option<Socket>,
 }
+
+/// `SockSlot::peer` of a socket linked to none.
+const NO_PEER: u32 = u32::MAX;
 
 struct Listener {
     fd: Option<OwnedFd>,
@@ -514,7 +523,11 @@ impl Driver {
         let idx = match self.free_sockets.pop() {
             Some(i) => i,
             None => {
-                self.sockets.push(SockSlot { gen: 0, sock: None });
+                self.sockets.push(SockSlot {
+                    gen: 0,
+                    peer: NO_PEER,
+                    sock: None,
+                });
                 (self.sockets.len() - 1) as u32
             }
         };

@@ -85,11 +85,7 @@ impl Driver {
                 sock.trim();
             }
             if sock.recv == RecvState::Paused {
-                let pool = sock.pool as usize;
-                let quota = self.quota(pool);
-                if self.at(idx).rx_bytes() <= quota / 2 {
-                    self.arm_recv(idx);
-                }
+                self.rearm_if_room(idx);
             }
             return Ok(Some(Received::Data(c)));
         }
@@ -158,6 +154,74 @@ impl Driver {
         Ok(self.sock(s)?.rx_bytes())
     }
 
+    /// Links `a` and `b` as the two ends of a forwarder (a proxy's client and upstream
+    /// sockets): from now on what each has queued to send counts against the *other's*
+    /// receive quota, as well as what the other has received and not read. A forwarder that
+    /// moves what `a` received into `b`'s send queue then holds at most one quota per
+    /// direction (plus what one completion brings), not a quota received and as much again
+    /// unsent: with many slow readers, half the memory. A receive stopped that way starts
+    /// again as the sends go out. The link ends when either socket is closed.
+    ///
+    /// Fails with [`Error::NotOpen`] for a dead socket and [`Error::InvalidState`] when `a` is
+    /// `b` or either is linked already.
+    pub fn link(&mut self, a: SocketId, b: SocketId) -> Result<()> {
+        let (ia, ib) = (self.live(a)?, self.live(b)?);
+        if ia == ib {
+            return Err(Error::InvalidState {
+                op: "link",
+                reason: "a socket cannot be linked to itself",
+            });
+        }
+        if self.sockets[ia as usize].peer != NO_PEER || self.sockets[ib as usize].peer != NO_PEER {
+            return Err(Error::InvalidState {
+                op: "link",
+                reason: "the socket is linked already",
+            });
+        }
+        self.sockets[ia as usize].peer = ib;
+        self.sockets[ib as usize].peer = ia;
+        Ok(())
+    }
+
+    /// What counts against `idx`'s receive quota: its receive queue, and the send queue of the
+    /// socket linked to it.
+    pub(super) fn held(&self, idx: u32) -> usize {
+        let own = self.sockets[idx as usize]
+            .sock
+            .as_ref()
+            .map_or(0, |s| s.rx_bytes());
+        match self.sockets[idx as usize].peer {
+            NO_PEER => own,
+            p => {
+                own + self.sockets[p as usize]
+                    .sock
+                    .as_ref()
+                    .map_or(0, |s| s.tx_bytes())
+            }
+        }
+    }
+
+    /// Starts a receive stopped at its quota again once what it holds is under half of it.
+    pub(super) fn rearm_if_room(&mut self, idx: u32) {
+        let pool = self.at(idx).pool as usize;
+        if self.held(idx) <= self.quota(pool) / 2 {
+            self.arm_recv(idx);
+        }
+    }
+
+    /// `idx`'s send queue shrank: the socket linked to it may receive again.
+    pub(super) fn peer_sent(&mut self, idx: u32) {
+        let peer = self.sockets[idx as usize].peer;
+        if peer != NO_PEER
+            && self.sockets[peer as usize]
+                .sock
+                .as_ref()
+                .is_some_and(|s| s.recv == RecvState::Paused && !s.closing)
+        {
+            self.rearm_if_room(peer);
+        }
+    }
+
     /// The receive quota of a socket of `pool` right now: its fair share of the pool's bytes
     /// (`pool bytes / receivers`) within [`DriverBuilder::recv_quota`]'s bounds. An application
     /// that queues data of its own per socket (a proxy's send queues) can hold itself to it too.
@@ -204,10 +268,10 @@ impl Driver {
         let sock = self.at(idx);
         sock.recv = RecvState::Armed;
         sock.inflight += 1;
-        let room = quota
-            .saturating_sub(sock.rx_bytes())
-            .clamp(1, u32::MAX as usize) as u32;
         let (throttled, bulk) = (sock.throttled, sock.bulk);
+        let room = quota
+            .saturating_sub(self.held(idx))
+            .clamp(1, u32::MAX as usize) as u32;
         let p = &self.pools[pool].pool;
         // Bundles where the pool was built for them and the socket's receives come in big
         // pieces: one completion may bring several buffers.
@@ -270,6 +334,8 @@ impl Driver {
             return;
         }
         let ended = !more && matches!(sock.recv, RecvState::Armed | RecvState::Cancelling);
+        // Ended by itself (its byte limit, a single shot), not by a cancel of ours.
+        let ended_itself = ended && sock.recv == RecvState::Armed;
         match completion {
             Err(_) => unreachable!("refused completions returned above"),
             Ok(Completion::Data { chunks, .. }) => {
@@ -297,8 +363,9 @@ impl Driver {
                     let id = self.id_of(idx);
                     self.events.push_back(Event::Readable { socket: id });
                 }
+                let over = self.held(idx) >= quota;
                 let sock = self.at(idx);
-                if more && sock.recv == RecvState::Armed && sock.rx_bytes() >= quota {
+                if more && sock.recv == RecvState::Armed && over {
                     sock.recv = RecvState::Cancelling;
                     sock.throttled = true;
                     self.stats.quota_pauses += 1;
@@ -344,9 +411,11 @@ impl Driver {
             // receive): start it again unless the queue is over its quota.
             let sock = self.at(idx);
             sock.recv = RecvState::Paused;
-            if sock.rx_bytes() < quota {
+            if self.held(idx) < quota {
                 self.arm_recv(idx);
             } else {
+                // Stopped at its quota (counted here when no cancel of ours did it).
+                self.stats.quota_pauses += u64::from(ended_itself);
                 self.watch(idx);
             }
         }

@@ -218,12 +218,15 @@ impl Driver {
             let id = self.id_of(idx);
             self.events
                 .push_back(Event::SendFailed { socket: id, error });
+            self.peer_sent(idx);
             self.at(idx).trim();
             if self.at(idx).close_after_send {
                 self.teardown(idx, true);
             }
             return;
         }
+        // Sent or dropped: a receive stopped by this queue (on the linked socket) may go on.
+        self.peer_sent(idx);
         if self.at(idx).tx_empty() {
             self.finish_sends(idx);
         } else {
