@@ -309,6 +309,8 @@ mod tests {
             std::mem::size_of::<Socket>()
         );
         assert!(std::mem::size_of::<Option<Socket>>() <= 64);
+        // With its slot (generation and link): the 72 bytes the docs promise.
+        assert!(std::mem::size_of::<super::super::SockSlot>() <= 72);
     }
 
     /// The spare queue boxes a thread keeps stay under 64 KiB.
