@@ -103,7 +103,7 @@ for t in "${targets[@]}"; do
             # spills, stop/recv, release, resets, timers, the readiness fd, bad handles.
             driver) filters=(--skip echo_server_ --skip memory_follows --skip no_spill
                 --skip slow_readers --skip tiny_pool --skip spill_cancels --skip chunk_dropped
-                --skip connect_then) ;;
+                --skip connect_then --skip linked_sockets_hold) ;;
         esac
     fi
     # The in-runtime tests of these (the others use the driver thread); all of tokio_local.
