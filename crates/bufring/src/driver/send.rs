@@ -225,9 +225,9 @@ impl Driver {
             }
             return;
         }
-        // Sent or dropped: a receive stopped by this queue (on the linked socket) may go on.
-        self.peer_sent(idx);
         if self.at(idx).tx_empty() {
+            // All sent: a receive stopped by this queue (on the linked socket) may go on.
+            self.peer_sent(idx);
             self.finish_sends(idx);
         } else {
             self.start_send(idx);
