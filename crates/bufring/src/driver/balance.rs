@@ -109,6 +109,13 @@ impl Driver {
             if !valid {
                 continue;
             }
+            if self.held(idx) >= self.quota(pi) {
+                // Over its quota meanwhile (a spill made room in the pool, not in its queue):
+                // it waits for its reader, not for buffers.
+                self.at(idx).recv = RecvState::Paused;
+                self.watch(idx);
+                continue;
+            }
             self.stats.rearms_after_wait += 1;
             self.arm_recv(idx);
             budget -= 1;

@@ -382,6 +382,13 @@ impl Driver {
                 return;
             }
             Ok(Completion::NoBuffers) if sock.recv == RecvState::Off => return,
+            Ok(Completion::NoBuffers) if self.held(idx) >= quota => {
+                // Out of buffers and over its quota: it waits for its reader, not in line.
+                self.at(idx).recv = RecvState::Paused;
+                self.stats.quota_pauses += 1;
+                self.watch(idx);
+                return;
+            }
             Ok(Completion::NoBuffers) => {
                 let gen = self.sockets[idx as usize].gen;
                 self.at(idx).recv = RecvState::Waiting;
