@@ -561,6 +561,12 @@ impl Uring {
     /// (a tokio stream leaving its reactor) or the driver has stopped; either way the socket
     /// is closed, not given back. [`RecvStream::release`] gives it back later.
     pub fn recv_stream(&self, socket: impl IntoSocket) -> io::Result<RecvStream> {
+        self.open(socket, false)
+    }
+
+    /// Hands the socket to the driver's side to receive on (from the datagram pool if
+    /// `datagram`), as a stream of what arrives.
+    fn open(&self, socket: impl IntoSocket, datagram: bool) -> io::Result<RecvStream> {
         let fd = socket.into_socket()?;
         let link = &self.owner.link;
         let key = link.next_key.fetch_add(1, Ordering::Relaxed);
@@ -569,7 +575,7 @@ impl Uring {
             key,
             fd,
             shared: Arc::clone(&shared),
-            datagram: false,
+            datagram,
         })?;
         Ok(RecvStream::new(Arc::clone(link), key, shared))
     }
@@ -581,20 +587,7 @@ impl Uring {
     /// an error.
     pub fn datagram_socket(&self, socket: impl IntoSocket) -> io::Result<DatagramSocket> {
         let msg = datagram::layout().map_err(core::to_io)?;
-        let fd = socket.into_socket()?;
-        let link = &self.owner.link;
-        let key = link.next_key.fetch_add(1, Ordering::Relaxed);
-        let shared = Arc::new(Shared::default());
-        link.command(Cmd::Open {
-            key,
-            fd,
-            shared: Arc::clone(&shared),
-            datagram: true,
-        })?;
-        Ok(DatagramSocket::new(
-            RecvStream::new(Arc::clone(link), key, shared),
-            msg,
-        ))
+        Ok(DatagramSocket::new(self.open(socket, true)?, msg))
     }
 
     /// The driver's counters, the pool's statistics and resident bytes, and the stream count.

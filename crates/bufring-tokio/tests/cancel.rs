@@ -9,10 +9,11 @@ mod common;
 
 use std::time::Duration;
 
-use std::future::Future;
-
 use bufring_tokio::{Builder, Uring};
-use common::{expect_ended_by_driver, fill, local_uring, next, pair, Checker, LIMIT};
+use common::{
+    current_thread, expect_ended_by_driver, fill, in_the_runtime, local_uring, multi_thread, next,
+    pair, read_and_hold, with_driver_thread, Checker, LIMIT,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep, timeout, Instant};
 
@@ -44,24 +45,6 @@ async fn still_works(uring: &Uring) {
     let mut back = [0u8; 10];
     peer.read_exact(&mut back).await.unwrap();
     assert_eq!(&back, b"still here");
-}
-
-/// Runs `test` with a `Uring` whose driver is a task of a current-thread runtime (skipped
-/// before 6.13), then waits for the driver task to end (the test dropped the last `Uring`).
-fn in_the_runtime<F: Future<Output = ()>>(test: impl FnOnce(Uring) -> F) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async {
-        let Some((uring, driver)) = local_uring(Builder::default()) else {
-            return;
-        };
-        let driver = tokio::task::spawn_local(driver);
-        timeout(LIMIT, test(uring)).await.expect("in time");
-        driver.await.unwrap().unwrap();
-    });
 }
 
 async fn drop_mid_stream(uring: Uring) {
@@ -101,41 +84,31 @@ async fn drop_mid_stream(uring: Uring) {
     assert_eq!(bufring::leaks(), leaks);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drop_mid_stream_multi_thread() {
-    if let Some(uring) = common::uring(Builder::default()) {
-        timeout(LIMIT, drop_mid_stream(uring))
-            .await
-            .expect("in time");
-    }
+#[test]
+fn drop_mid_stream_multi_thread() {
+    with_driver_thread(multi_thread(), Builder::default(), drop_mid_stream);
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn drop_mid_stream_current_thread() {
-    if let Some(uring) = common::uring(Builder::default()) {
-        timeout(LIMIT, drop_mid_stream(uring))
-            .await
-            .expect("in time");
-    }
+#[test]
+fn drop_mid_stream_current_thread() {
+    with_driver_thread(current_thread(), Builder::default(), drop_mid_stream);
 }
 
 #[test]
 fn drop_mid_stream_in_the_runtime() {
-    in_the_runtime(drop_mid_stream);
+    in_the_runtime(Builder::default(), drop_mid_stream);
 }
 
 /// Tasks waiting on their streams (receives armed, nothing arriving) are aborted: their
 /// streams drop inside the runtime and the driver closes the sockets; the peers see the end.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn abort_waiting_tasks() {
-    if let Some(uring) = common::uring(Builder::default()) {
-        timeout(LIMIT, abort_waiting(uring)).await.expect("in time");
-    }
+#[test]
+fn abort_waiting_tasks() {
+    with_driver_thread(multi_thread(), Builder::default(), abort_waiting);
 }
 
 #[test]
 fn abort_waiting_tasks_in_the_runtime() {
-    in_the_runtime(abort_waiting);
+    in_the_runtime(Builder::default(), abort_waiting);
 }
 
 async fn abort_waiting(uring: Uring) {
@@ -210,10 +183,7 @@ async fn outlives() {
 #[test]
 fn runtime_dropped_with_receives_armed_in_the_runtime() {
     let leaks = bufring::leaks();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = current_thread();
     let local = tokio::task::LocalSet::new();
     let peers = local.block_on(&rt, async {
         let (uring, driver) = local_uring(Builder::default())?;
@@ -221,24 +191,10 @@ fn runtime_dropped_with_receives_armed_in_the_runtime() {
         let mut peers = Vec::new();
         for k in 0..16u64 {
             let (mine, mut peer) = pair().await;
-            let mut s = uring.recv_stream(mine).unwrap();
-            let keep = uring.clone();
+            let s = uring.recv_stream(mine).unwrap();
             peer.write_all(&fill(k, 0, 100_000)).await.unwrap();
             let stop_at = if k % 2 == 0 { 10_000 } else { u64::MAX };
-            tokio::task::spawn_local(async move {
-                let _keep = keep;
-                let mut held = Vec::new();
-                let mut check = Checker::new(k);
-                while check.pos < stop_at {
-                    let Some(item) = next(&mut s).await else {
-                        break;
-                    };
-                    let c = item.unwrap();
-                    check.check(&c);
-                    held.push(c);
-                }
-                std::future::pending::<()>().await;
-            });
+            tokio::task::spawn_local(read_and_hold(s, k, stop_at, uring.clone()));
             peers.push(peer);
         }
         let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();

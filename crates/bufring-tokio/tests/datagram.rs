@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bufring_tokio::{Builder, DatagramSocket, Uring};
-use common::{fill, local_uring, next, LIMIT};
+use common::{current_thread, fill, in_the_runtime, multi_thread, next, with_driver_thread, LIMIT};
 use tokio::net::UdpSocket;
 use tokio::time::timeout;
 
@@ -96,56 +96,19 @@ async fn echo_many(uring: Uring) {
 
 #[test]
 fn udp_echo_on_a_multi_thread_runtime() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let Some(uring) = common::uring(Builder::default()) else {
-            return;
-        };
-        timeout(LIMIT, echo_many(uring)).await.expect("in time");
-    });
+    with_driver_thread(multi_thread(), Builder::default(), echo_many);
 }
 
 #[test]
 fn udp_echo_on_a_current_thread_runtime() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        // A small pool: datagrams wait for buffers now and then.
-        let Some(uring) = common::uring(Builder::default().datagram_buffers(16)) else {
-            return;
-        };
-        timeout(LIMIT, echo_many(uring)).await.expect("in time");
-    });
+    // A small pool: datagrams wait for buffers now and then.
+    let b = Builder::default().datagram_buffers(16);
+    with_driver_thread(current_thread(), b, echo_many);
 }
 
 #[test]
 fn udp_echo_in_the_runtime() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async {
-        let Some((uring, driver)) = local_uring(Builder::default()) else {
-            return;
-        };
-        let driver = tokio::task::spawn_local(driver);
-        timeout(LIMIT, echo_many(uring)).await.expect("in time");
-        driver.await.unwrap().unwrap();
-    });
-}
-
-fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    in_the_runtime(Builder::default(), echo_many);
 }
 
 /// A connected socket whose peer's port is closed: the kernel's ICMP error ends the receive,

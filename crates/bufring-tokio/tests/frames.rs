@@ -8,7 +8,9 @@ mod common;
 use std::io::ErrorKind;
 
 use bufring_tokio::{Builder, Delimited, Frame, LengthPrefixed, Uring};
-use common::{fill, local_uring, next, pair, LIMIT};
+use common::{
+    current_thread, fill, in_the_runtime, multi_thread, next, pair, with_driver_thread, LIMIT,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
@@ -100,45 +102,12 @@ async fn frames_from_many(uring: Uring) {
 
 #[test]
 fn length_prefixed_frames_from_32_connections() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let Some(uring) = common::uring(Builder::default()) else {
-            return;
-        };
-        timeout(LIMIT, frames_from_many(uring))
-            .await
-            .expect("in time");
-    });
+    with_driver_thread(multi_thread(), Builder::default(), frames_from_many);
 }
 
 #[test]
 fn length_prefixed_frames_in_the_runtime() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async {
-        let Some((uring, driver)) = local_uring(Builder::default()) else {
-            return;
-        };
-        let driver = tokio::task::spawn_local(driver);
-        timeout(LIMIT, frames_from_many(uring))
-            .await
-            .expect("in time");
-        driver.await.unwrap().unwrap();
-    });
-}
-
-fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    in_the_runtime(Builder::default(), frames_from_many);
 }
 
 /// CRLF lines, echoed back through the driver from the frames themselves (in place, or
@@ -185,6 +154,30 @@ fn crlf_lines_echoed() {
     });
 }
 
+/// A framed stream of `uring` and its peer.
+async fn framed(uring: &Uring) -> (bufring_tokio::Frames<LengthPrefixed>, TcpStream) {
+    let (ours, peer) = pair().await;
+    let frames = uring
+        .recv_stream(ours)
+        .unwrap()
+        .frames(LengthPrefixed::u32_be(MAX));
+    (frames, peer)
+}
+
+/// The next item of `frames`, which must be an error of `kind`; then the end.
+async fn expect_error_then_end(
+    frames: &mut bufring_tokio::Frames<LengthPrefixed>,
+    kind: ErrorKind,
+) {
+    let e = timeout(LIMIT, frames.next_frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.kind(), kind, "{e}");
+    assert!(frames.next_frame().await.is_none());
+}
+
 /// What a peer can do to a framed stream, each an error item and then the end: claim a frame
 /// longer than the maximum, end the stream inside a frame, reset the connection.
 #[test]
@@ -194,26 +187,12 @@ fn a_hostile_peer_ends_the_frames_with_an_error() {
             return;
         };
         // A 1 MiB frame against a 4 KiB maximum.
-        let (ours, mut peer) = pair().await;
-        let mut frames = uring
-            .recv_stream(ours)
-            .unwrap()
-            .frames(LengthPrefixed::u32_be(MAX));
+        let (mut frames, mut peer) = framed(&uring).await;
         peer.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
-        let e = timeout(LIMIT, frames.next_frame())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
-        assert!(frames.next_frame().await.is_none());
+        expect_error_then_end(&mut frames, ErrorKind::InvalidData).await;
 
         // A frame cut short by the end of the stream, after a whole one.
-        let (ours, mut peer) = pair().await;
-        let mut frames = uring
-            .recv_stream(ours)
-            .unwrap()
-            .frames(LengthPrefixed::u32_be(MAX));
+        let (mut frames, mut peer) = framed(&uring).await;
         peer.write_all(&[0, 0, 0, 2, b'o', b'k', 0, 0, 0, 9, b'c', b'u'])
             .await
             .unwrap();
@@ -224,27 +203,15 @@ fn a_hostile_peer_ends_the_frames_with_an_error() {
             .unwrap()
             .unwrap();
         assert_eq!(&ok[..], b"ok");
-        let e = frames.next_frame().await.unwrap().unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::UnexpectedEof, "{e}");
-        assert!(frames.next_frame().await.is_none());
+        expect_error_then_end(&mut frames, ErrorKind::UnexpectedEof).await;
 
         // A reset in the middle of a frame.
-        let (ours, mut peer) = pair().await;
-        let mut frames = uring
-            .recv_stream(ours)
-            .unwrap()
-            .frames(LengthPrefixed::u32_be(MAX));
+        let (mut frames, mut peer) = framed(&uring).await;
         peer.write_all(&[0, 0, 0, 9, b'c']).await.unwrap();
         // Let the bytes arrive before the reset (a reset may discard data not yet received).
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         peer.set_zero_linger().unwrap();
         drop(peer);
-        let e = timeout(LIMIT, frames.next_frame())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
-        assert!(frames.next_frame().await.is_none());
+        expect_error_then_end(&mut frames, ErrorKind::ConnectionReset).await;
     });
 }

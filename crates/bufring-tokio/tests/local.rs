@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use bufring_tokio::Builder;
 use common::{
-    echo_client, echo_stream, expect_ended_by_driver, fill, local_uring, next, pair, Checker, LIMIT,
+    current_thread, echo_client, echo_stream, expect_ended_by_driver, fill, local_uring, next,
+    pair, Checker, LIMIT,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -20,13 +21,6 @@ use tokio::time::timeout;
 
 const CONNS: u64 = 64;
 const BYTES: usize = 256 * 1024;
-
-fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 #[test]
 fn echo_64_in_the_runtime() {

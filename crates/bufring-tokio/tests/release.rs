@@ -9,7 +9,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::time::Duration;
 
 use bufring_tokio::{Builder, Uring};
-use common::{fill, local_uring, next, pair, Checker, LIMIT};
+use common::{fill, in_the_runtime, next, pair, Checker, LIMIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -87,18 +87,7 @@ async fn release_on_the_driver_thread() {
 
 #[test]
 fn release_in_the_runtime() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async {
-        let Some((uring, driver)) = local_uring(Builder::default()) else {
-            return;
-        };
-        tokio::task::spawn_local(driver);
-        release_keeps_every_byte(uring).await;
-    });
+    in_the_runtime(Builder::default(), release_keeps_every_byte);
 }
 
 /// Releasing a stream whose socket the peer reset: the data before the reset is in `unread`

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use bufring_tokio::Builder;
-use common::{driver_threads, fill, next, pair, Checker, LIMIT};
+use common::{driver_threads, fill, pair, read_and_hold, LIMIT};
 use tokio::io::AsyncWriteExt;
 use tokio::runtime::Runtime;
 use tokio::time::timeout;
@@ -25,25 +25,11 @@ fn shut_down_with_receives_armed(rt: Runtime) {
             let mut peers = Vec::new();
             for k in 0..16u64 {
                 let (mine, mut peer) = pair().await;
-                let mut s = uring.recv_stream(mine).unwrap();
-                let keep = uring.clone();
+                let s = uring.recv_stream(mine).unwrap();
                 peer.write_all(&fill(k, 0, 100_000)).await.unwrap();
                 // Half of them stop reading early, holding what they got.
                 let stop_at = if k % 2 == 0 { 10_000 } else { u64::MAX };
-                tokio::spawn(async move {
-                    let _keep = keep;
-                    let mut held = Vec::new();
-                    let mut check = Checker::new(k);
-                    while check.pos < stop_at {
-                        let Some(item) = next(&mut s).await else {
-                            break;
-                        };
-                        let c = item.unwrap();
-                        check.check(&c);
-                        held.push(c);
-                    }
-                    std::future::pending::<()>().await;
-                });
+                tokio::spawn(read_and_hold(s, k, stop_at, uring.clone()));
                 peers.push(peer);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

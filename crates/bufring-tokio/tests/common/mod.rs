@@ -103,6 +103,78 @@ pub async fn small_buffer_pair() -> (tokio::net::TcpStream, tokio::net::TcpStrea
     (a.unwrap().0, c.unwrap())
 }
 
+/// A current-thread runtime with I/O and time.
+pub fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A multi-thread runtime of two workers with I/O and time.
+pub fn multi_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs `test` on `rt` with a `Uring` from `b` whose driver has a thread of its own (skipped
+/// where io_uring is refused), within `LIMIT`.
+pub fn with_driver_thread<F: std::future::Future<Output = ()>>(
+    rt: tokio::runtime::Runtime,
+    b: Builder,
+    test: impl FnOnce(Uring) -> F,
+) {
+    rt.block_on(async {
+        let Some(uring) = uring(b) else {
+            return;
+        };
+        tokio::time::timeout(LIMIT, test(uring))
+            .await
+            .expect("in time");
+    });
+}
+
+/// Runs `test` with a `Uring` from `b` whose driver is a task of a current-thread runtime
+/// (skipped before 6.13), within `LIMIT`; then waits for the driver task to end (the test
+/// drops the last `Uring`).
+pub fn in_the_runtime<F: std::future::Future<Output = ()>>(
+    b: Builder,
+    test: impl FnOnce(Uring) -> F,
+) {
+    let rt = current_thread();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let Some((uring, driver)) = local_uring(b) else {
+            return;
+        };
+        let driver = tokio::task::spawn_local(driver);
+        tokio::time::timeout(LIMIT, test(uring))
+            .await
+            .expect("in time");
+        driver.await.unwrap().unwrap();
+    });
+}
+
+/// Reads stream `k` (checking its pattern) until `stop_at` bytes, keeping every chunk, then
+/// waits forever: a task with receives armed and buffers held, for the shutdown tests.
+pub async fn read_and_hold(mut s: bufring_tokio::RecvStream, k: u64, stop_at: u64, keep: Uring) {
+    let _keep = keep;
+    let mut held = Vec::new();
+    let mut check = Checker::new(k);
+    while check.pos < stop_at {
+        let Some(item) = next(&mut s).await else {
+            break;
+        };
+        let c = item.unwrap();
+        check.check(&c);
+        held.push(c);
+    }
+    std::future::pending::<()>().await;
+}
+
 /// Every test finishes within this.
 pub const LIMIT: Duration = Duration::from_secs(60);
 
