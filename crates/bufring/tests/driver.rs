@@ -1616,8 +1616,9 @@ fn connect_then_recv_and_send_at_once() {
 /// Forwards what socket A receives (its peer writes 2 MiB of a pattern) to socket B, whose
 /// reader has a 4 KiB window and does not read for 600 ms, moving chunks while B has less
 /// than the quota unsent (as the proxy does). Returns the peak of A's receive queue plus B's
-/// unsent bytes during the stall; then the reader reads, and every byte must arrive in order.
-fn forward_to_a_stalled_reader(linked: bool, quota: usize) -> Option<usize> {
+/// unsent bytes during the stall, and whether the kernel limits multishot receives to a byte
+/// count; then the reader reads, and every byte must arrive in order.
+fn forward_to_a_stalled_reader(linked: bool, quota: usize) -> Option<(usize, bool)> {
     const TOTAL: usize = 2 << 20;
     let mut d = driver(Driver::builder().recv_quota(quota, quota))?;
     let pool = d
@@ -1673,7 +1674,7 @@ fn forward_to_a_stalled_reader(linked: bool, quota: usize) -> Option<usize> {
     }
     check.join().unwrap();
     writer.join().unwrap().unwrap();
-    Some(peak)
+    Some((peak, d.recv_limited()))
 }
 
 /// Linked sockets (`Driver::link`) hold one quota per direction: a forwarder to a stalled
@@ -1683,11 +1684,19 @@ fn forward_to_a_stalled_reader(linked: bool, quota: usize) -> Option<usize> {
 #[test]
 fn linked_sockets_hold_one_quota_per_direction() {
     let quota = 64 * 1024;
-    let Some(unlinked) = forward_to_a_stalled_reader(false, quota) else {
+    let Some((unlinked, limited)) = forward_to_a_stalled_reader(false, quota) else {
         return;
     };
-    let linked = forward_to_a_stalled_reader(true, quota).unwrap();
+    let (linked, _) = forward_to_a_stalled_reader(true, quota).unwrap();
     eprintln!("held at the peak: linked {linked} bytes, unlinked {unlinked} (quota {quota})");
+    if !limited {
+        // Without the kernel's byte limit on multishot receives (before 6.17) the first burst
+        // lands before the driver's cancel does, as large as the socket's receive queue then
+        // (84 KB on 6.1 under QEMU, but unbounded by the quota): the bounds below are for
+        // kernels with the limit. Every byte still had to arrive, in order.
+        eprintln!("SKIPPED the bounds: no byte limit on multishot receives here");
+        return;
+    }
     assert!(
         linked <= quota + 16 * 1024,
         "linked: {linked} bytes held against a {quota}-byte quota"
