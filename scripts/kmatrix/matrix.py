@@ -237,6 +237,17 @@ def blocks(log):
     return out, kernel
 
 
+def panics(lines, most=2):
+    """The first panics in a failed test binary's output (where and the message), so the
+    report says why without the console log."""
+    found = []
+    for i, line in enumerate(lines):
+        if "panicked at" in line and len(found) < most:
+            msg = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            found.append(f"{line.strip()} {msg}"[:400])
+    return "".join(f"\n    {p}" for p in found)
+
+
 def judge(run, block, meta):
     """(status, detail) for one planned run."""
     name = run["name"]
@@ -275,7 +286,7 @@ def judge(run, block, meta):
         parts.append(f"{secs} s")
         detail = ", ".join(parts)
         if rc != 0 or not m:
-            return "failed", f"exit {rc}: {detail}"
+            return "failed", f"exit {rc}: {detail}" + panics(lines)
         if passed == 0:
             return "skipped", detail
         return "passed", detail
@@ -346,7 +357,8 @@ def cmd_report(out_md, specs):
     md = ["| binary | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for n in order:
         md.append(f"| {n} | " + " | ".join(
-            "{} ({})".format(*results[(n, c)]) if (n, c) in results else "-" for c in cols) + " |")
+            "{} ({})".format(results[(n, c)][0], results[(n, c)][1].split("\n")[0])
+            if (n, c) in results else "-" for c in cols) + " |")
     with open(out_md, "w") as f:
         f.write("\n".join(md) + "\n")
     print(f"\n{failures} failure(s)")

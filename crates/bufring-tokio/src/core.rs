@@ -412,15 +412,26 @@ impl Core {
         Ok(p)
     }
 
-    /// Moves chunks from the driver's receive queue into the stream's while it holds less than
-    /// the limit; past it the data stays with the driver, whose quota stops the receive.
+    /// Moves chunks from the driver's receive queue into the stream's while they fit in the
+    /// limit (an empty queue takes one chunk of any length); the rest stays with the driver,
+    /// whose quota stops the receive.
     fn pump(&mut self, key: u64) {
         let Some(e) = self.streams.get(&key) else {
             return;
         };
         let mut st = e.shared.lock();
         let mut moved = false;
-        while st.buffered < self.limit {
+        let mut full = false;
+        loop {
+            if st.buffered > 0 {
+                match self.driver.peek_len(e.sid) {
+                    Ok(Some(len)) if st.buffered + len > self.limit => {
+                        full = true;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
             match self.driver.read(e.sid) {
                 Ok(Some(Received::Data(c))) => {
                     st.buffered += c.len();
@@ -444,7 +455,7 @@ impl Core {
                 }
             }
         }
-        st.want_pull = st.buffered >= self.limit && st.end.is_none();
+        st.want_pull = (full || st.buffered >= self.limit) && st.end.is_none();
         if st.want_pull {
             if self.full.is_empty() {
                 if let Some(d) = self.idle_spill {

@@ -65,8 +65,9 @@
 //! threads.
 //!
 //! # Backpressure
-//! A stream's shared queue holds at most [`Builder::stream_limit`] bytes (default 256 KiB):
-//! past it the driver leaves data in its receive queue, and the driver's quota stops the
+//! A stream's shared queue holds at most [`Builder::stream_limit`] bytes (default 256 KiB; an
+//! empty queue takes one chunk, however long): a chunk that does not fit stays in the driver's
+//! receive queue, and the driver's quota stops the
 //! socket's receive when that queue is over its quota (a fair share of the pool, within
 //! [`DriverBuilder::recv_quota`]). When the task has drained the shared queue under half the
 //! limit, it asks the driver for more. So a consumer that stops reading holds at most
@@ -312,8 +313,9 @@ impl Builder {
         self
     }
 
-    /// Bytes a stream's shared queue may hold before the driver thread leaves data in the
-    /// driver's queue (default 256 KiB). See [Backpressure](crate#backpressure).
+    /// Bytes a stream's shared queue may hold; a chunk that would go over stays in the driver's
+    /// queue (default 256 KiB; an empty queue takes one chunk of any length). See
+    /// [Backpressure](crate#backpressure).
     pub fn stream_limit(mut self, bytes: usize) -> Self {
         self.stream_limit = bytes.max(1);
         self
