@@ -348,13 +348,7 @@ impl Driver {
             // The link ends; what this socket had queued to send no longer holds the other's
             // receive back.
             self.sockets[peer as usize].peer = NO_PEER;
-            if self.sockets[peer as usize]
-                .sock
-                .as_ref()
-                .is_some_and(|s| s.recv == RecvState::Paused && !s.closing)
-            {
-                self.rearm_if_room(peer);
-            }
+            self.rearm_linked(peer);
         }
         if self.listeners.iter().any(|l| l.paused) {
             self.resume_accepts();

@@ -217,11 +217,18 @@ impl Driver {
     /// beside 800 slow readers in the proxy).
     pub(super) fn peer_sent(&mut self, idx: u32) {
         let peer = self.sockets[idx as usize].peer;
-        if peer != NO_PEER
-            && self.sockets[peer as usize]
-                .sock
-                .as_ref()
-                .is_some_and(|s| s.recv == RecvState::Paused && !s.closing)
+        if peer != NO_PEER {
+            self.rearm_linked(peer);
+        }
+    }
+
+    /// Restarts `peer`'s receive if it waits (paused, not closing) and now has room: what held
+    /// it back (its linked socket's send queue, or the link itself) has gone.
+    pub(super) fn rearm_linked(&mut self, peer: u32) {
+        if self.sockets[peer as usize]
+            .sock
+            .as_ref()
+            .is_some_and(|s| s.recv == RecvState::Paused && !s.closing)
         {
             self.rearm_if_room(peer);
         }
