@@ -127,8 +127,10 @@ start_proxy() {
     wait_port "$p"; wait_port $((p + 1))
     HTTP_PORT[$name]=$p; IPERF_PORT[$name]=$((p + 1))
 }
-# proxy.c: one thread, multishot receives, DEFER_TASKRUN, fixed files; 1024 provided buffers
-# of 64 KiB like bufring's default pool. Both directions (-B1) for HTTP; one (-B0) for iperf,
+# proxy.c: a thread (and a ring) per connection, made when the connection comes: 1 stream runs
+# on one thread, 4 streams on four, wrk's 64 connections on 64 (seen in a profile of 4 streams:
+# four busy proxy_c threads). Multishot receives, DEFER_TASKRUN, fixed files; 1024 provided
+# buffers of 64 KiB like bufring's default pool. Both directions (-B1) for HTTP; one (-B0) for iperf,
 # which only sends (with -B1 its send-bundle mode aborts under iperf).
 start_proxyc() {
     local name=$1 p=$2; shift 2
@@ -144,15 +146,16 @@ start_proxy bufring-classic $((BASE + 12)) "$BIN" proxy --incremental off
 start_proxy bufring-256k $((BASE + 14)) "$BIN" proxy --max-unsent 262144
 start_proxy tokio-64k $((BASE + 16)) "$BIN" proxy-tokio --buf-size 65536
 start_proxy tokio-8k $((BASE + 18)) "$BIN" proxy-tokio --buf-size 8192
-# One worker thread each: wrk, nginx and iperf compete for the same two cores; proxy.c has one.
+# One worker thread each: wrk, nginx and iperf compete for the same two cores. (proxy.c has
+# one thread per connection: like for like with the -1t rows only on one iperf stream.)
 start_proxy bufring-1t $((BASE + 20)) "$BIN" proxy --threads 1
 start_proxy tokio-64k-1t $((BASE + 22)) "$BIN" proxy-tokio --buf-size 65536 --threads 1
 TARGETS=(direct bufring bufring-classic bufring-256k tokio-64k tokio-8k bufring-1t tokio-64k-1t)
 if [ -n "$PROXYC" ]; then
-    start_proxyc proxy.c-1t $((BASE + 24))
+    start_proxyc proxy.c $((BASE + 24))
     # Receive bundles, and sends from provided buffers as bundles: its fastest bulk mode.
-    start_proxyc proxy.c-bundles-1t $((BASE + 26)) -c1 -u1 -C1
-    TARGETS+=(proxy.c-1t proxy.c-bundles-1t)
+    start_proxyc proxy.c-bundles $((BASE + 26)) -c1 -u1 -C1
+    TARGETS+=(proxy.c proxy.c-bundles)
 fi
 HTTP_PORT[direct]=$NGINX; IPERF_PORT[direct]=$IPERF
 
@@ -167,7 +170,9 @@ print('%.3f' % (x/1000 if m.group(2)=='us' else x*1000 if m.group(2)=='s' else x
 median() { python3 -c "import sys,statistics; v=[float(x) for x in sys.argv[1:] if x]; print(('%.2f' % statistics.median(v)) if v else '')" "$@"; }
 # CPU time (user + system) a process has used, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-declare -A RPS_ALL P50_ALL P99_ALL CPU_ALL CPU
+# The whole machine's busy ticks (user, nice, system, irq, softirq, steal) and all ticks.
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
+declare -A RPS_ALL P50_ALL P99_ALL CPU_ALL CPU ALL_ALL ALLCPU BUSY_ALL BUSY
 for size in 1k 64k; do
 echo "== wrk -t2 -c$CONNS -d${DUR}s, $size file, $ROUNDS round(s)"
 for r in $(seq "$ROUNDS"); do
@@ -175,11 +180,18 @@ for r in $(seq "$ROUNDS"); do
         k=$t/$size
         pid=${HTTP_PID[$t]:-}
         [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
+        read -r m0 t0 < <(machine_ticks)
         out=$(wrk -t2 -c"$CONNS" -d"${DUR}s" --latency "http://127.0.0.1:${HTTP_PORT[$t]}/$size.bin")
+        read -r m1 t1 < <(machine_ticks)
+        n=$(awk '/requests in/ {print $1}' <<<"$out")
+        # Everything's CPU per request (wrk, nginx, the proxy, the kernel's loopback work), and
+        # how busy the cores were: with them saturated, req/s = cores / this.
+        all=$(python3 -c "print('%.1f' % (($m1 - $m0) * 1e6 / $(getconf CLK_TCK) / max(1, $n)))")
+        busy=$(python3 -c "print('%.0f' % (100.0 * ($m1 - $m0) / max(1, $t1 - $t0)))")
         us=""
         if [ -n "$pid" ]; then
             # The proxy's CPU per request: steadier than req/s when other work shares the cores.
-            c1=$(cpu_ticks "$pid"); n=$(awk '/requests in/ {print $1}' <<<"$out")
+            c1=$(cpu_ticks "$pid")
             us=$(python3 -c "print('%.1f' % (($c1 - $c0) * 1e6 / $(getconf CLK_TCK) / max(1, $n)))")
         fi
         if grep -qE "Non-2xx|Socket errors" <<<"$out"; then
@@ -189,14 +201,15 @@ for r in $(seq "$ROUNDS"); do
         p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")
         p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
         RPS_ALL[$k]+=" $rps"; P50_ALL[$k]+=" $p50"; P99_ALL[$k]+=" $p99"; CPU_ALL[$k]+=" $us"
-        printf "  round %d %-20s %10s req/s  p50 %7s ms  p99 %7s ms  proxy CPU %6s us/request\n" \
-            "$r" "$t" "$rps" "$p50" "$p99" "${us:--}"
+        ALL_ALL[$k]+=" $all"; BUSY_ALL[$k]+=" $busy"
+        printf "  round %d %-20s %10s req/s  p50 %7s ms  p99 %7s ms  proxy CPU %6s us/request  all %6s us/request, cores %s%% busy\n" \
+            "$r" "$t" "$rps" "$p50" "$p99" "${us:--}" "$all" "$busy"
     done
 done
 for t in "${TARGETS[@]}"; do
     k=$t/$size
     RPS[$k]=$(median ${RPS_ALL[$k]}); P50[$k]=$(median ${P50_ALL[$k]}); P99[$k]=$(median ${P99_ALL[$k]})
-    CPU[$k]=$(median ${CPU_ALL[$k]:-})
+    CPU[$k]=$(median ${CPU_ALL[$k]:-}); ALLCPU[$k]=$(median ${ALL_ALL[$k]}); BUSY[$k]=$(median ${BUSY_ALL[$k]})
 done
 done
 # Peak RSS of each proxy over all the wrk runs (steady load: 64 connections at full speed).
@@ -349,10 +362,24 @@ for t in "${TARGETS[@]}"; do
         "${RPS[$t/64k]}" "${P50[$t/64k]}" "${P99[$t/64k]}" "$(ratio "${RPS[$t/64k]}" "${RPS[$base/64k]}")" "${CPU[$t/64k]:--}" \
         "${GB1[$t]}" "${GB4[$t]}" "${HWM[$t]:--}"
 done
+# The CPU budget: with the cores saturated, req/s follows everything's CPU per request. What is
+# not the proxy's (wrk, nginx, their share of the loopback work) is paid whichever proxy runs, so
+# a ratio R against tokio needs the proxy's CPU per request at (rest + tokio's) / R - rest.
+for size in 1k 64k; do
+    for pair in "bufring tokio-64k" "bufring-1t tokio-64k-1t"; do
+        read -r b tk <<<"$pair"
+        python3 -c "
+b_all, b_us, t_all, t_us = (float(x or 0) for x in ('${ALLCPU[$b/$size]}', '${CPU[$b/$size]}', '${ALLCPU[$tk/$size]}', '${CPU[$tk/$size]}'))
+if not (b_all and b_us and t_all and t_us): raise SystemExit
+rest = (b_all - b_us + t_all - t_us) / 2
+need = (rest + t_us) / 1.2 - rest
+print('  CPU budget, $size, $b: everything %.1f us/req against %.1f (cores %.0f%% / %.0f%% busy); the rest (not the proxy) %.1f; proxy %.1f against %.1f (%.2f x); 1.2 x req/s would need the proxy at %.1f us (%.2f x tokio)' % (b_all, t_all, float('${BUSY[$b/$size]}' or 0), float('${BUSY[$tk/$size]}' or 0), rest, b_us, t_us, b_us / t_us, need, need / t_us))"
+    done
+done
 if [ -n "$PROXYC" ]; then
-    best1=$(python3 -c "print(max(float('${GB1[proxy.c-1t]}' or 0), float('${GB1[proxy.c-bundles-1t]}' or 0)))")
-    best4=$(python3 -c "print(max(float('${GB4[proxy.c-1t]}' or 0), float('${GB4[proxy.c-bundles-1t]}' or 0)))")
-    echo "  iperf against proxy.c's best mode (one thread each): bufring-1t $(ratio "${GB1[bufring-1t]}" "$best1") x (1 stream), $(ratio "${GB4[bufring-1t]}" "$best4") x (4 streams); bufring (2 threads) $(ratio "${GB1[bufring]}" "$best1") x, $(ratio "${GB4[bufring]}" "$best4") x"
+    best1=$(python3 -c "print(max(float('${GB1[proxy.c]}' or 0), float('${GB1[proxy.c-bundles]}' or 0)))")
+    best4=$(python3 -c "print(max(float('${GB4[proxy.c]}' or 0), float('${GB4[proxy.c-bundles]}' or 0)))")
+    echo "  iperf against proxy.c's best mode (a thread per connection): bufring (defaults, a thread per core) $(ratio "${GB1[bufring]}" "$best1") x (1 stream), $(ratio "${GB4[bufring]}" "$best4") x (4 streams); one thread each (1 stream): bufring-1t $(ratio "${GB1[bufring-1t]}" "$best1") x; bufring-1t on 4 streams against proxy.c's 4 threads $(ratio "${GB4[bufring-1t]}" "$best4") x"
 fi
 echo "  peak RSS under load: bufring ${HWM[bufring]} kB against tokio-64k ${HWM[tokio-64k]} kB (target <= 1.5 x + 4096 = $(python3 -c "print(int(1.5*${HWM[tokio-64k]:-0}+4096))") kB)"
 echo "  RSS with $IDLE idle connections: bufring ${RSS[bufring]} kB, bufring-classic ${RSS[bufring-classic]} kB, tokio-8k ${RSS[tokio-8k]} kB, tokio-64k ${RSS[tokio-64k]} kB"
